@@ -12,7 +12,6 @@ COMMAND_MODULES = (
     "gateway.commands.check_config",
     "gateway.commands.pdu",
     "gateway.commands.dsp",
-    "gateway.commands.sim",
 )
 
 
@@ -31,7 +30,39 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             continue
         module.register(sub)
+    _register_simulators(sub)
     return parser
+
+
+def _register_simulators(sub: argparse._SubParsersAction) -> None:
+    """`hcrm-gateway sim ...`: simulated devices any outside client can talk to (the composition root is
+    the only place in gateway/ that knows the simulators)."""
+    from simulators import gsm_modem
+
+    sim = sub.add_parser("sim", help="run a simulated device standalone")
+    kinds = sim.add_subparsers(dest="device", metavar="DEVICE")
+    kinds.required = True
+    gsm = kinds.add_parser("gsm", help="a GSM modem on a pseudo-terminal (AT commands, PDU and text mode)")
+    gsm.add_argument("--link", required=True, metavar="PATH",
+                     help="symlink to create for the modem's pty (open it like /dev/ttyUSB0)")
+    gsm_modem.add_cli_options(gsm)
+    gsm.set_defaults(func=_run_gsm_simulator)
+
+
+def _run_gsm_simulator(args: argparse.Namespace) -> int:
+    import functools
+
+    import trio
+
+    from simulators import gsm_modem
+
+    options = gsm_modem.options_from_args(args)
+    try:
+        trio.run(functools.partial(gsm_modem.serve_standalone, args.link, **options))
+    except OSError as exc:
+        print(f"hcrm-gateway sim gsm: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -463,6 +463,9 @@ async def test_unplug_goes_absent_and_recovers_when_device_returns(pty_clock, ha
     modem = await harness.start(fake)
     await wait_state(modem, "ready")
     fake.hang_up()
+    # udev removes the /dev/serial/by-id link with the device; without that, another process's new pty could
+    # take the freed /dev/pts number and the driver would (rightly) find a device behind the old path.
+    link.unlink()
     absent = await wait_state(modem, "absent")
     assert absent.last_error
     with pytest.raises(ModemUnavailable, match="absent"):
