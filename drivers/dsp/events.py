@@ -36,6 +36,8 @@ class CallerId:
     dialled_number: str | None = None
     number_type: int | None = None  # NTT 0x21 type/plan, when present
     checksum_ok: bool = True
+    number_plan: int | None = None  # NTT 0x21 numbering plan (0 unknown, 1 E.164, 8 domestic, 9 private)
+    redirecting_number: str | None = None  # DTMF A..D<number>..C, ETSI parameter 0x1A
     type: str = field(default="callerid", init=False)
 
     def to_json(self) -> dict:
