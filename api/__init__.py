@@ -1,0 +1,1 @@
+"""REST + WebSocket API of the gateway (quart-trio on hypercorn): ``create_app`` and ``serve``."""

@@ -1,0 +1,288 @@
+"""The event bus: every state change becomes an Event with a sequence number, journalled, then fanned out.
+
+Durability and order: an event is written to the journal table IN THE SAME TRANSACTION as the state change
+it describes (a store unit of work calls ``tx.append_event``), and is fanned out only after that transaction
+committed. ``EventBus.publish`` does the same for standalone events (``modem.state_changed``). The store
+calls the bus's commit listener synchronously, in sequence order, right after each commit, so live
+subscribers see events in ``seq`` order and never an event that could still be rolled back.
+
+Resume: ``subscribe(since=(epoch, seq))`` replays the journal after ``seq`` and then continues live, without
+gap or duplicate (FreeSWITCH Core-UUID + Event-Sequence and the Discord gateway's Resume are the models).
+When the epoch differs (the journal was reset) or ``seq`` is older than what the journal retains, the first
+item is a ``ResyncRequired`` marker: the client must reload its state over REST.
+
+Slow consumers never slow publishers: each subscription has a bounded queue; when it is full the
+subscription is marked ``overflowed`` and ends (the API closes that WebSocket with code 4008).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import structlog
+import trio
+
+log = structlog.get_logger("events")
+
+EVENT_TYPES = frozenset(
+    {
+        "sms.queued",
+        "sms.scheduled",
+        "sms.sending",
+        "sms.sent",
+        "sms.delivered",
+        "sms.undelivered",
+        "sms.failed",
+        "sms.canceled",
+        "sms.received",
+        "modem.state_changed",
+    }
+)
+
+REPLAY_PAGE = 500
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def format_time(value: datetime | None) -> str | None:
+    """RFC 3339 UTC with milliseconds and "Z" ("2026-11-27T06:00:00.123Z"); sorts as text in time order."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        raise ValueError("naive datetime: every time in the gateway is timezone-aware")
+    value = value.astimezone(UTC)
+    return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
+
+
+def parse_time(text: str | None) -> datetime | None:
+    if text is None:
+        return None
+    return datetime.fromisoformat(text)
+
+
+@dataclass(frozen=True)
+class Event:
+    """One journalled event. ``payload`` is the JSON envelope, serialised once and shared by every client."""
+
+    id: str  # "<epoch>:<seq>"
+    type: str
+    epoch: str
+    seq: int
+    time: str
+    data: dict[str, Any]
+    payload: bytes = field(repr=False, compare=False)
+
+    @classmethod
+    def build(cls, type: str, epoch: str, seq: int, time: str, data: dict[str, Any]) -> Event:
+        envelope = {
+            "id": f"{epoch}:{seq}",
+            "type": type,
+            "epoch": epoch,
+            "seq": seq,
+            "time": time,
+            "data": data,
+        }
+        payload = json.dumps(envelope, ensure_ascii=False, separators=(",", ":")).encode()
+        return cls(envelope["id"], type, epoch, seq, time, data, payload)
+
+    @classmethod
+    def from_payload(cls, payload: bytes) -> Event:
+        env = json.loads(payload)
+        return cls(env["id"], env["type"], env["epoch"], env["seq"], env["time"], env["data"], bytes(payload))
+
+
+@dataclass(frozen=True)
+class ResyncRequired:
+    """First item of a subscription whose resume point is unknown: reload state, then follow from here.
+
+    ``epoch``/``seq`` are the current journal position (the live events that follow have seq > ``seq``).
+    """
+
+    epoch: str
+    seq: int
+    reason: str  # "epoch_changed" | "too_old" | "ahead_of_journal"
+
+
+class EventJournal(Protocol):
+    """What the bus needs from the store (``gateway.store.base.Store`` implements it)."""
+
+    @property
+    def epoch(self) -> str: ...
+
+    @property
+    def last_seq(self) -> int: ...
+
+    def add_commit_listener(self, listener: Callable[[list[Event]], None]) -> None: ...
+
+    async def append_event(self, type: str, data: dict[str, Any]) -> Event: ...
+
+    async def read_events(self, after_seq: int, limit: int) -> list[Event]: ...
+
+    def set_journal_retention(self, *, max_events: int, max_age_s: float) -> None: ...
+
+
+class Subscription:
+    """Async iterator of Event | ResyncRequired. Ends when closed or when its queue overflowed."""
+
+    def __init__(self, bus: EventBus, since: tuple[str, int] | None, types: set[str] | None, size: int):
+        self._bus = bus
+        self._since = since
+        self._types = frozenset(types) if types else None
+        self._send, self._receive = trio.open_memory_channel[Event](size)
+        # Everything up to live_from is committed and readable from the journal; everything after it reaches
+        # this subscription through the queue (registration and fan-out both run synchronously in trio).
+        self._live_from = bus.last_seq
+        self._backlog: deque[Event | ResyncRequired] | None = None if since is not None else deque()
+        self._last_delivered = self._live_from
+        self.overflowed = False
+        self.closed = False
+
+    def _offer(self, event: Event) -> None:
+        """Called by the bus for each committed event; never blocks."""
+        if self.closed or (self._types is not None and event.type not in self._types):
+            return
+        try:
+            self._send.send_nowait(event)
+        except trio.WouldBlock:
+            self.overflowed = True
+            self._end()
+            log.warning("subscription overflowed", queue_size=self._send.statistics().max_buffer_size)
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            pass
+
+    def close(self) -> None:
+        self._end()
+
+    def _end(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self._send.close()
+            self._bus._forget(self)
+
+    def __aiter__(self) -> Subscription:
+        return self
+
+    async def __anext__(self) -> Event | ResyncRequired:
+        if self._backlog is None:
+            self._backlog = deque(await self._replay())
+        if self.overflowed:
+            raise StopAsyncIteration
+        if self._backlog:
+            return self._backlog.popleft()
+        while True:
+            try:
+                event = await self._receive.receive()
+            except (trio.EndOfChannel, trio.ClosedResourceError):
+                raise StopAsyncIteration from None
+            if self.overflowed:
+                raise StopAsyncIteration
+            if event.seq > self._last_delivered:
+                self._last_delivered = event.seq
+                return event
+
+    async def _replay(self) -> list[Event | ResyncRequired]:
+        assert self._since is not None
+        epoch, seq = self._since
+        bus = self._bus
+        if epoch != bus.epoch:
+            return [ResyncRequired(bus.epoch, self._live_from, "epoch_changed")]
+        if seq > self._live_from:
+            return [ResyncRequired(bus.epoch, self._live_from, "ahead_of_journal")]
+        items: list[Event | ResyncRequired] = []
+        cursor = seq
+        while cursor < self._live_from:
+            page = await bus.journal.read_events(cursor, min(REPLAY_PAGE, self._live_from - cursor))
+            if not page or page[0].seq != cursor + 1:
+                # The events right after `seq` were pruned: a gap would follow, so ask for a resync.
+                return [ResyncRequired(bus.epoch, self._live_from, "too_old")]
+            for event in page:
+                if event.seq > self._live_from:
+                    break
+                if self._types is None or event.type in self._types:
+                    items.append(event)
+                cursor = event.seq
+        self._last_delivered = self._live_from
+        return items
+
+
+class EventBus:
+    """Journal-backed publish/subscribe. See the module docstring for the guarantees."""
+
+    def __init__(self, journal: EventJournal, *, client_queue_size: int = 1000):
+        self.journal = journal
+        self.client_queue_size = client_queue_size
+        self._subscriptions: set[Subscription] = set()
+        self._listeners: list[Callable[[Event], None]] = []
+        journal.add_commit_listener(self._fan_out)
+
+    @classmethod
+    async def open(
+        cls,
+        store: EventJournal,
+        *,
+        max_events: int = 100_000,
+        max_age_days: float = 7.0,
+        client_queue_size: int = 1000,
+    ) -> EventBus:
+        """The bus on top of a store's journal, with the journal's retention policy."""
+        store.set_journal_retention(max_events=max_events, max_age_s=max_age_days * 86400.0)
+        return cls(store, client_queue_size=client_queue_size)
+
+    @property
+    def epoch(self) -> str:
+        return self.journal.epoch
+
+    @property
+    def last_seq(self) -> int:
+        return self.journal.last_seq
+
+    seq = last_seq
+
+    async def publish(self, type: str, data: dict[str, Any]) -> Event:
+        """Journal a standalone event (group-committed with other writes), fan it out, return it."""
+        return await self.journal.append_event(type, data)
+
+    def subscribe(
+        self,
+        since: tuple[str, int] | None = None,
+        *,
+        types: Iterable[str] | None = None,
+        queue_size: int | None = None,
+    ) -> Subscription:
+        sub = Subscription(self, since, set(types) if types else None, queue_size or self.client_queue_size)
+        self._subscriptions.add(sub)
+        return sub
+
+    def add_listener(self, listener: Callable[[Event], None]) -> None:
+        """In-process listener (e.g. the SMS dispatcher), called for each committed event; must not block or
+        raise. Unlike a Subscription it has no queue and cannot overflow."""
+        self._listeners.append(listener)
+
+    @property
+    def subscriber_count(self) -> int:
+        return len(self._subscriptions)
+
+    def close(self) -> None:
+        """End every subscription (shutdown)."""
+        for sub in list(self._subscriptions):
+            sub.close()
+
+    def _forget(self, sub: Subscription) -> None:
+        self._subscriptions.discard(sub)
+
+    def _fan_out(self, events: list[Event]) -> None:
+        for event in events:
+            for listener in self._listeners:
+                try:
+                    listener(event)
+                except Exception:  # a listener bug must not stop fan-out to the others
+                    log.exception("event listener failed", listener=repr(listener), event_type=event.type)
+            for sub in list(self._subscriptions):
+                sub._offer(event)
