@@ -180,4 +180,8 @@ def http_exception_problem(exc: HTTPException) -> ApiProblem:
         allowed = getattr(exc, "valid_methods", None)
         if allowed:
             headers["Allow"] = ", ".join(sorted(allowed))
+    if status == 413:
+        # The rest of the oversize body is never read, so the connection cannot carry another request
+        # (RFC 9112 §9.6): tell the client, and hypercorn closes it after this response.
+        headers["Connection"] = "close"
     return ApiProblem(code, detail, status=status, headers=headers)

@@ -81,6 +81,9 @@ class SmsSection(_Strict):
     report: bool = Field(True, description="request a delivery report unless the message says otherwise")
     validity_minutes: Annotated[int, Field(ge=5, le=63 * 7 * 24 * 60)] | None = 1440
     send_retries: Annotated[int, Field(ge=0, le=20)] = 3
+    retry_backoff_s: list[Annotated[float, Field(ge=0, le=86400)]] = Field(
+        [5.0, 30.0, 120.0], min_length=1, description="delay before retry n; the last value repeats")
+    modem_error_pause_s: Annotated[float, Field(ge=0, le=3600)] = 30.0
     report_window_hours: Annotated[float, Field(gt=0)] = 72.0
     reassembly_timeout_s: Annotated[float, Field(gt=0)] = 600.0
 
