@@ -12,6 +12,7 @@ COMMAND_MODULES = (
     "gateway.commands.check_config",
     "gateway.commands.pdu",
     "gateway.commands.dsp",
+    "gateway.commands.ivr",
 )
 
 
