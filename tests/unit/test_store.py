@@ -4,6 +4,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import trio
 import trio.lowlevel
+import trio.testing
 
 from gateway.events import format_time
 from gateway.sms.models import Message, MessagePart
@@ -139,7 +140,8 @@ async def test_close_commits_queued_units_and_then_refuses(tmp_path):
     async with trio.open_nursery() as nursery:
         for i in range(5):
             nursery.start_soon(store.write, lambda tx, i=i: tx.insert_message(_message(f"msg_{i}")))
-        await trio.lowlevel.checkpoint()
+        # Every writer has queued its unit (or is waiting on the commit in flight) before close() starts.
+        await trio.testing.wait_all_tasks_blocked()
         await store.close()
     with pytest.raises(StoreError, match="closed"):
         await store.write(lambda tx: None)
