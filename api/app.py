@@ -25,6 +25,7 @@ from api.metrics import UNMATCHED_ROUTE, ApiMetrics
 from api.openapi import OPENAPI_KEY, build_openapi
 from api.problems import ApiProblem, http_exception_problem
 from api.services import STATE_KEY, ApiServices, ApiSettings, ApiState, api_state, request_id
+from api.submit_fast import SubmitFastPath
 
 log = structlog.get_logger("api")
 
@@ -65,6 +66,10 @@ def create_app(services: ApiServices, settings: ApiSettings | None = None) -> Qu
     _register_error_handlers(app)
     # Built once, after every route exists.
     app.extensions[OPENAPI_KEY] = build_openapi(app, metrics_public=settings.metrics_public)
+    # The ingest hot path answers POST /v1/messages before Quart's machinery (see api/submit_fast.py).
+    app.asgi_app = SubmitFastPath(  # type: ignore[method-assign]
+        app.asgi_app, state, lambda out, origin, _method: cors_headers(out, origin, settings.cors_origins)
+    )
     return app
 
 
@@ -124,6 +129,15 @@ def _register_hooks(app: QuartTrio, state: ApiState) -> None:
             request_id=request_id(),
         )
         return response
+
+
+def cors_headers(out: dict[str, str], origin: str | None, origins: list[str]) -> None:
+    """CORS response headers for an allowed ``origin`` (framework-free: the submit fast path uses it)."""
+    if not origins or origin is None or (origin not in origins and "*" not in origins):
+        return
+    out["Access-Control-Allow-Origin"] = origin
+    out["Vary"] = "Origin"
+    out["Access-Control-Expose-Headers"] = _CORS_EXPOSE_HEADERS
 
 
 def _apply_cors(response: Any, origins: list[str]) -> None:
