@@ -136,7 +136,7 @@ class _Connection:
         async for item in subscription:
             if isinstance(item, Event):
                 # The bytes the bus serialised once; a text frame needs str, the JSON is not re-encoded.
-                await self.send(item.payload.decode("utf-8"))
+                await self.send(item.text)
                 metrics.ws_events_sent.inc()
             elif isinstance(item, ResyncRequired):
                 await self.send(

@@ -17,6 +17,7 @@ subscription is marked ``overflowed`` and ends (the API closes that WebSocket wi
 
 from __future__ import annotations
 
+import functools
 import json
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -78,6 +79,11 @@ class Event:
     time: str
     data: dict[str, Any]
     payload: bytes = field(repr=False, compare=False)
+
+    @functools.cached_property
+    def text(self) -> str:
+        """The payload as text, decoded once (a WebSocket text frame needs str) for every client."""
+        return self.payload.decode("utf-8")
 
     @classmethod
     def build(cls, type: str, epoch: str, seq: int, time: str, data: dict[str, Any]) -> Event:

@@ -1,0 +1,16 @@
+"""`make bench` / `python -m bench`: list the benchmarks and how to run each (they take minutes and load
+the machine, so none runs by default)."""
+
+BENCHMARKS = """\
+SMS core (docs/performance.md, issue 2):
+  .venv/bin/python -m bench.bench_sms ingest   --seconds 8 --connections 64
+  .venv/bin/python -m bench.bench_sms overhead --messages 500
+  .venv/bin/python -m bench.bench_sms latency  --clients 100 --events 200
+  .venv/bin/python -m bench.bench_sms rss      --modems 8 --clients 100
+HTTP SMS provider route (issue 4):
+  .venv/bin/python -m bench.bench_http_provider
+Line DSP (issue 3):
+  .venv/bin/python -m bench.bench_dsp --channels 2000 --seconds 10
+"""
+
+print(BENCHMARKS, end="")
