@@ -240,3 +240,13 @@ async def test_websocket_resume_across_restart_replays_the_gap(tmp_path):
         assert events[0]["seq"] == seq + 1
         assert [e["seq"] for e in events] == list(range(seq + 1, seq + 1 + len(events)))
         nursery.cancel_scope.cancel()
+
+
+async def test_lost_registration_sends_through_the_other_modem(gw):
+    gw.simulators["sim0"].set_registration(0)  # TS 27.007 +CREG stat 0: not registered, not searching
+    async with client(gw) as c:
+        ids = [(await c.post("/v1/messages", json={"to": "+819012345678", "text": f"r{i}", "report": False}))
+               .json()["id"] for i in range(4)]
+        bodies = [await wait_status(c, mid, "sent") for mid in ids]
+    assert {b["modem"] for b in bodies} == {"gsm1"}
+    assert not [s for s in gw.simulators["sim0"].sent if s.text in {f"r{i}" for i in range(4)}]
