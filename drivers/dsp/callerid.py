@@ -26,7 +26,16 @@ import numpy as np
 
 from drivers.dsp.charsets import decode_name
 from drivers.dsp.events import CallerId, DtmfDigit
-from drivers.dsp.fsk import BELL202, V23, CarrierLost, FskReceiver, UartByte, dbm0_to_power
+from drivers.dsp.fsk import (
+    BELL202,
+    V23,
+    CarrierLost,
+    FskGate,
+    FskReceiver,
+    FskReceiverBank,
+    FskSpec,
+    UartByte,
+)
 
 __all__ = [
     "CallerIdDetector",
@@ -111,9 +120,7 @@ def decode_class_frame(
         raise CallerIdFrameError(f"{len(frame)}-byte frame is shorter than type, length and checksum")
     msg_type, length = frame[0], frame[1]
     if length != len(frame) - 3:
-        raise CallerIdFrameError(
-            f"length byte says {length} data bytes, the frame carries {len(frame) - 3}"
-        )
+        raise CallerIdFrameError(f"length byte says {length} data bytes, the frame carries {len(frame) - 3}")
     total = sum(frame) & 0xFF
     checksum_ok = total == 0  # two's complement checksum: sum of all bytes = 0 mod 256
     if not checksum_ok and not lenient:
@@ -544,7 +551,7 @@ _FrameDecoder = Callable[[bytes, float], CallerId | None]
 
 @dataclass
 class _FskPath:
-    receiver: FskReceiver
+    receiver: FskReceiver | None  # None on a bank line: the bank demodulates
     assemblers: list[tuple[ClassFrameAssembler | NttFrameAssembler, _FrameDecoder]]
 
 
@@ -585,10 +592,10 @@ class CallerIdDetector:
         rx = dict(min_level_dbm0=min_level_dbm0, silence_dbm0=silence_dbm0)
         self._paths: list[_FskPath] = []
         if mode in ("auto", "bell202"):
-            recv = FskReceiver(BELL202, self.sample_rate, **rx)
+            recv = self._receiver(BELL202, rx)
             self._paths.append(_FskPath(recv, [(ClassFrameAssembler(CLASS_TYPES), self._class("bell202"))]))
         if mode in ("auto", "v23", "ntt"):
-            recv = FskReceiver(V23, self.sample_rate, **rx)
+            recv = self._receiver(V23, rx)
             assemblers: list = []
             if mode != "ntt":
                 assemblers.append((ClassFrameAssembler(ETSI_TYPES), self._class("v23_etsi")))
@@ -607,6 +614,9 @@ class CallerIdDetector:
             self._dtmf_detector = DtmfDetector(twist=dtmf_twist, sample_rate=self.sample_rate)
         self._samples = 0
         self.last_error: str | None = None  # why the latest frame was dropped
+
+    def _receiver(self, spec: FskSpec, options: dict) -> FskReceiver:
+        return FskReceiver(spec, self.sample_rate, **options)
 
     # ---------------------------------------------------------------------------- frame decoding
     def _class(self, standard: str) -> Callable[[bytes, float], CallerId | None]:
@@ -699,14 +709,59 @@ class CallerIdDetector:
         return sorted(events, key=lambda e: e.t)
 
 
+class _BankLine(CallerIdDetector):
+    """One line of a ``CallerIdDetectorBank``: framing, decoding, stats and DTMF caller ID are its own;
+    the FSK demodulation runs batched in the bank, so audio goes in through the bank only."""
+
+    def __init__(
+        self, bank: CallerIdDetectorBank, channel: int, mode: Mode, sample_rate: int, **options
+    ) -> None:
+        self._bank = bank
+        self._channel = channel
+        super().__init__(mode, sample_rate, dtmf=False, **options)
+
+    def _receiver(self, spec: FskSpec, options: dict) -> None:
+        return None  # demodulated by the bank's FskReceiverBank for this standard
+
+    @property
+    def busy(self) -> bool:
+        return bool(self._bank._busy[self._channel])
+
+    @property
+    def samples_seen(self) -> int:
+        return int(self._bank._fed[self._channel])
+
+    def feed(self, samples: np.ndarray) -> list[CallerId]:
+        raise TypeError(f"line {self._channel} belongs to a CallerIdDetectorBank: feed the bank's frames")
+
+    def skip(self, count: int) -> None:
+        raise TypeError(f"line {self._channel} belongs to a CallerIdDetectorBank: the bank keeps its clock")
+
+    def flush(self) -> list[CallerId]:
+        return []  # the bank holds no samples back
+
+
 class CallerIdDetectorBank:
     """Caller ID for ``n_channels`` lines fed as ``(C, N)`` frames: ``feed(frames) -> [(channel, CallerId)]``.
 
-    The FSK path is gated per channel with one vectorised power measurement: a channel without carrier
-    whose frame is below ``silence_dbm0`` costs nothing more. DTMF caller ID is fed from outside with
-    ``feed_digit(channel, digit)`` (the pipeline already runs a vectorised DTMF bank on every line), or
-    internally with ``dtmf=True`` through one ``DtmfBank`` for all channels.
+    FSK costs almost nothing on a line that is not sending caller ID: one ``FskGate`` matrix product per
+    10 ms looks at every line for the channel seizure or mark run that opens each transmission, and only
+    lines that show it for 20 ms get receivers, batched over lines in one ``FskReceiverBank`` per
+    standard. A receiver starts on the line's last ``PREROLL_MS`` of audio (kept for every line), so it
+    sees the seizure and mark run it needs before the first byte, and stops once its carrier is gone and
+    the gate has been quiet for ``GATE_HOLD_MS``. Events are those of a ``CallerIdDetector`` per line
+    (``detector(channel)`` is that line's framing, stats and DTMF caller ID; audio goes in through the bank).
+
+    DTMF caller ID is fed from outside with ``feed_digit(channel, digit)`` (the pipeline already runs a
+    vectorised DTMF bank on every line), or internally with ``dtmf=True`` through one ``DtmfBank``.
     """
+
+    # The shortest mark run before a first byte is ~40 bits (33 ms): two 10 ms blocks fit in any of them.
+    GATE_OPEN_BLOCKS = 2
+    GATE_HOLD_MS = 50.0
+    # Audio kept for every line so that a receiver started when the gate opens (>= 20 ms into the
+    # pattern, more when noise or talk hides its start) still sees the whole mark run.
+    PREROLL_MS = 100.0
 
     def __init__(
         self,
@@ -724,14 +779,32 @@ class CallerIdDetectorBank:
         self.n_channels = n_channels
         self.sample_rate = int(sample_rate)
         self._dets = [
-            CallerIdDetector(mode, sample_rate, dtmf=False, silence_dbm0=silence_dbm0, **options)
-            for _ in range(n_channels)
+            _BankLine(self, ch, mode, self.sample_rate, silence_dbm0=silence_dbm0, **options)
+            for ch in range(n_channels)
         ]
-        self._fsk = mode != "dtmf"
-        self._fed = np.zeros(n_channels, dtype=np.int64)  # samples each detector has accounted for
-        self._busy = np.zeros(n_channels, dtype=bool)
+        rx = dict(min_level_dbm0=options.get("min_level_dbm0", -43.0), silence_dbm0=silence_dbm0)
+        specs = [
+            spec
+            for spec, modes in ((BELL202, ("auto", "bell202")), (V23, ("auto", "v23", "ntt")))
+            if mode in modes
+        ]
+        self._receivers = [FskReceiverBank(spec, self.sample_rate, **rx) for spec in specs]
+        self._gate = None
+        if specs:
+            self._gate = FskGate(
+                n_channels,
+                self.sample_rate,
+                min_level_dbm0=rx["min_level_dbm0"],
+                open_blocks=self.GATE_OPEN_BLOCKS,
+                hold_ms=self.GATE_HOLD_MS,
+                preroll_ms=self.PREROLL_MS,
+            )
+        self._open = np.zeros(n_channels, dtype=bool)  # lines with receivers
+        self._busy = np.zeros(n_channels, dtype=bool)  # lines with an FSK carrier now
+        self._fed = np.zeros(n_channels, dtype=np.int64)  # clock of each line's receivers when last fed
         self._total = 0
-        self._silence_power = dbm0_to_power(silence_dbm0)
+        self.open_ticks = 0  # sum over feeds of the lines with receivers (gate-open line-frames)
+        self.ticks = 0
         self._dtmf_bank = None
         if dtmf and mode in ("auto", "dtmf"):
             from drivers.dsp.dtmf import DtmfBank, DtmfParams
@@ -742,41 +815,83 @@ class CallerIdDetectorBank:
     def detector(self, channel: int) -> CallerIdDetector:
         return self._dets[channel]
 
+    @property
+    def open_lines(self) -> np.ndarray:
+        """Lines whose FSK receivers are running."""
+        return np.flatnonzero(self._open)
+
     def feed(self, frames: np.ndarray) -> list[tuple[int, CallerId]]:
-        x = np.asarray(frames, dtype=np.float64)
+        x = np.asarray(frames)
+        if x.dtype not in (np.float32, np.float64):
+            x = x.astype(np.float64)
         if x.ndim != 2 or x.shape[0] != self.n_channels:
             raise ValueError(f"expected frames shaped ({self.n_channels}, N), got {x.shape}")
         n = x.shape[1]
         out: list[tuple[int, CallerId]] = []
         if n == 0:
             return out
-        if self._fsk:
-            power = np.einsum("cn,cn->c", x, x) / n
-            active = np.flatnonzero((power >= self._silence_power) | self._busy)
-            for ch in active:
-                det = self._dets[ch]
-                lag = self._total - int(self._fed[ch])
-                if lag:
-                    det.skip(lag)
-                out.extend((int(ch), e) for e in det.feed(x[ch]))
-                self._fed[ch] = self._total + n
-                self._busy[ch] = det.busy
+        if self._gate is not None:
+            out = self._feed_fsk(x)
         if self._dtmf_bank is not None:
             for ch, digit in self._dtmf_bank.feed(x.astype(np.float32)):
                 event = self.feed_digit(ch, digit)
                 if event is not None:
                     out.append((ch, event))
         self._total += n
+        self.ticks += 1
+        return out
+
+    def _feed_fsk(self, x: np.ndarray) -> list[tuple[int, CallerId]]:
+        gate = self._gate
+        start, quiet = gate.update(x)
+        items: list[tuple[int, int, UartByte | CarrierLost]] = []  # (path, line, item)
+        new = np.flatnonzero(start & ~self._open)
+        if new.size:
+            preroll = gate.preroll(new)
+            for path, receivers in enumerate(self._receivers):
+                items += [(path, ch, item) for ch, item in receivers.add(new, preroll)]
+            self._open[new] = True
+        gate.remember(x)
+        lines = self._receivers[0].lines
+        if lines.size:
+            block = x[lines].astype(np.float64)
+            busy = np.zeros(lines.size, dtype=bool)
+            for path, receivers in enumerate(self._receivers):
+                items += [(path, ch, item) for ch, item in receivers.feed(block)]
+                busy |= receivers.busy
+            self._fed[lines] = self._total + x.shape[1]
+            self._busy[:] = False
+            self._busy[lines] = busy
+            self.open_ticks += lines.size
+            done = ~busy & quiet[lines]
+            if done.any():
+                for receivers in self._receivers:
+                    receivers.remove(done)
+                self._open[lines[done]] = False
+        else:
+            for receivers in self._receivers:
+                receivers.advance(x.shape[1])
+        if not items:
+            return []
+        events: dict[int, list[CallerId]] = {}
+        for path, ch, item in items:
+            det = self._dets[ch]
+            found = det._assemble(det._paths[path], item)
+            if found:
+                events.setdefault(ch, []).extend(found)
+        out = []
+        for ch in sorted(events):
+            found = sorted(events[ch], key=lambda e: e.t)
+            self._dets[ch].stats["emitted"] += len(found)
+            out.extend((ch, e) for e in found)
         return out
 
     def feed_digit(self, channel: int, digit: DtmfDigit) -> CallerId | None:
         return self._dets[channel].feed_digit(digit)
 
     def flush(self) -> list[tuple[int, CallerId]]:
-        """End of input: samples held back for block gathering, and DTMF digits still sounding."""
+        """End of input: DTMF digits still sounding (the FSK receivers hold no samples back)."""
         out: list[tuple[int, CallerId]] = []
-        for ch in np.flatnonzero(self._busy):  # only channels with a carrier can hold a message
-            out.extend((int(ch), e) for e in self._dets[int(ch)].flush())
         if self._dtmf_bank is not None:
             for ch, digit in self._dtmf_bank.flush():
                 event = self.feed_digit(ch, digit)

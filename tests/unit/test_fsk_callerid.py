@@ -20,8 +20,9 @@ from drivers.dsp.callerid import (
 )
 from drivers.dsp.charsets import decode_name
 from drivers.dsp.events import CallerId, DtmfDigit
-from drivers.dsp.fsk import BELL202, V23, CarrierLost, FskReceiver, UartByte
+from drivers.dsp.fsk import BELL202, V23, CarrierLost, FskGate, FskReceiver, FskReceiverBank, UartByte
 from simulators import callerid_gen as gen
+from simulators import signals as sim_signals
 
 FS = 8000
 # telephony.md §2: worked MDMF (date 01151230, number 0312345678, name TANAKA) and its SDMF twin.
@@ -456,6 +457,209 @@ def test_bank_with_internal_dtmf():
     for i in range(0, frames.shape[1], 160):
         out += bank.feed(frames[:, i : i + 160])
     assert [(ch, e.standard, e.number) for ch, e in out] == [(2, "dtmf", "0312")]
+
+
+def mixed_lines(seconds: float, seed: int) -> tuple[np.ndarray, list[str]]:
+    """Sixteen lines: caller-ID bursts of every standard behind speech, music, DTMF, noise, silence, a
+    call-waiting burst and a burst at 6 dB SNR, at uneven offsets, mu-law coded with line noise."""
+    rng = np.random.default_rng(seed)
+    n = int(seconds * FS)
+    kinds = ["bell202", "etsi", "ntt", "cw", "speech+bell202", "speech+ntt", "music+etsi", "noisy-bell202"]
+    kinds += ["speech", "music", "dtmf", "noise", "silence", "ntt-late", "two-bursts", "band-noise"]
+    lines = np.zeros((len(kinds), n))
+    for row, kind in enumerate(kinds):
+        at = int(rng.integers(200, 4000))
+        bursts = {
+            "bell202": [gen.callerid_burst(WORKED_MDMF, level_dbm0=-30.0)],
+            "etsi": [gen.callerid_burst(WORKED_MDMF, standard="etsi", level_dbm0=-25.0)],
+            "ntt": [gen.callerid_burst(WORKED_NTT, standard="ntt", level_dbm0=-20.0)],
+            "cw": [gen.callerid_burst(WORKED_SDMF, seizure=False, mark_bits=80, level_dbm0=-20.0)],
+            "ntt-late": [gen.callerid_burst(WORKED_NTT, standard="ntt", level_dbm0=-35.0)],
+            "two-bursts": [gen.callerid_burst(WORKED_SDMF, level_dbm0=-20.0)] * 2,
+        }
+        if kind in bursts:
+            signal = np.concatenate(bursts[kind])
+        elif kind.startswith(("speech+", "music+")):
+            cover, standard = kind.split("+")
+            lead = (gen_speech if cover == "speech" else gen_music)(0.8, rng)
+            message = WORKED_NTT if standard == "ntt" else WORKED_MDMF
+            signal = np.concatenate(
+                (lead, gen.callerid_burst(message, standard=standard, level_dbm0=-22.0, lead_silence_ms=0))
+            )
+        elif kind == "noisy-bell202":
+            clean = gen.callerid_burst(WORKED_MDMF, level_dbm0=-20.0)
+            signal = with_noise(clean, -20.0, 6.0, seed)
+        elif kind == "speech":
+            signal = gen_speech(seconds - 0.6, rng)
+        elif kind == "music":
+            signal = gen_music(seconds - 0.6, rng)
+        elif kind == "dtmf":
+            signal = gen.dtmf_waveform("0123456789*#ABCD", level_dbm0=-8.0)
+        elif kind == "noise":
+            signal = gen.white_noise(n - at, -20.0, rng)
+        elif kind == "band-noise":
+            spectrum = np.fft.rfft(rng.standard_normal(n - at))
+            spectrum[(np.fft.rfftfreq(n - at, 1 / FS) < 1000) | (np.fft.rfftfreq(n - at, 1 / FS) > 2400)] = 0
+            signal = np.fft.irfft(spectrum, n - at)
+            signal *= gen.level_to_amplitude(-20.0) / np.sqrt(2 * np.mean(signal**2))
+        else:
+            signal = np.zeros(0)
+        signal = signal[: n - at]
+        lines[row, at : at + signal.size] = signal
+    lines += gen.white_noise(lines.size, -65.0, rng).reshape(lines.shape)
+    return gen.ulaw_roundtrip(lines.reshape(-1)).reshape(lines.shape), kinds
+
+
+def gen_speech(seconds: float, rng: np.random.Generator) -> np.ndarray:
+    return sim_signals.speech_like(seconds, rng, level=-15.0)
+
+
+def gen_music(seconds: float, rng: np.random.Generator) -> np.ndarray:
+    return sim_signals.music_like(seconds, rng, level=-15.0)
+
+
+def per_line_events(lines: np.ndarray, frame: int) -> list[tuple[int, CallerId]]:
+    out = []
+    for ch, line in enumerate(lines):
+        det = CallerIdDetector("auto", dtmf=False)
+        for i in range(0, line.size, frame):
+            out += [(ch, e) for e in det.feed(line[i : i + frame])]
+        out += [(ch, e) for e in det.flush()]
+    return sorted(out, key=lambda item: (item[0], item[1].t))
+
+
+def bank_events(lines: np.ndarray, frame: int, dtype=np.float64) -> tuple[list, CallerIdDetectorBank]:
+    bank = CallerIdDetectorBank(lines.shape[0])
+    out = []
+    for i in range(0, lines.shape[1], frame):
+        out += bank.feed(lines[:, i : i + frame].astype(dtype))
+    out += bank.flush()
+    return sorted(out, key=lambda item: (item[0], item[1].t)), bank
+
+
+@pytest.mark.parametrize("frame", [160, 80, 1000])
+def test_bank_events_identical_to_one_detector_per_line_on_mixed_lines(frame):
+    lines, kinds = mixed_lines(3.5, seed=frame)
+    expected = per_line_events(lines, frame)
+    got, bank = bank_events(lines, frame)
+    assert got == expected
+    # Every burst was found (the noisy one may fail in both), nothing on the lines without FSK.
+    found = {kinds[ch] for ch, _ in got}
+    assert found >= {"bell202", "etsi", "ntt", "cw", "speech+bell202", "speech+ntt", "music+etsi", "ntt-late"}
+    no_fsk = ("speech", "music", "dtmf", "noise", "silence", "band-noise")
+    assert found <= {k for k in kinds if k not in no_fsk}
+    assert sum(kinds[ch] == "two-bursts" for ch, _ in got) == 2
+    stats = [bank.detector(ch).stats["emitted"] for ch in range(len(kinds))]
+    assert stats == [sum(c == ch for c, _ in got) for ch in range(len(kinds))]
+
+
+def test_bank_runs_receivers_only_where_a_burst_starts():
+    lines, kinds = mixed_lines(3.5, seed=7)
+    bank = CallerIdDetectorBank(lines.shape[0])
+    opened = np.zeros(len(kinds), dtype=int)
+    for i in range(0, lines.shape[1], 160):
+        bank.feed(lines[:, i : i + 160])
+        opened[bank.open_lines] += 1
+    quiet = [kinds.index(k) for k in ("speech", "dtmf", "noise", "silence")]
+    assert opened[quiet].tolist() == [0] * len(quiet)
+    # Noise confined to 1000-2400 Hz is an FSK carrier to the receivers too: they keep running on it.
+    assert opened[kinds.index("band-noise")] > 0
+    # A receiver runs for about the length of a burst (~0.9 s with its seizure), not the whole line.
+    ticks = lines.shape[1] // 160
+    assert 0 < opened[kinds.index("bell202")] < 0.4 * ticks
+    assert bank.detector(kinds.index("silence")).samples_seen == 0
+    assert not bank.detector(kinds.index("bell202")).busy  # the burst is over
+
+
+def test_bank_float32_frames_and_short_mark_run():
+    """float32 frames (as the line analyser feeds them) and a 40-bit mark run without seizure."""
+    burst = gen.callerid_burst(WORKED_NTT, standard="ntt", mark_bits=40, level_dbm0=-25.0)
+    lines = np.zeros((3, 16000))
+    lines[1, 3333 : 3333 + burst.size] = burst
+    got, _ = bank_events(lines, 160, np.float32)
+    assert [(ch, e.standard, e.number) for ch, e in got] == [(1, "v23_ntt", "0312345678")]
+    end = 3333 / FS + gen.burst_message_end(WORKED_NTT, standard="ntt", mark_bits=40)
+    assert got[0][1].t == pytest.approx(end, abs=0.001)
+
+
+class LateGateBank(CallerIdDetectorBank):
+    GATE_OPEN_BLOCKS = 5  # opens ~50 ms into the pattern: most of a 75-bit NTT mark run has gone by
+
+
+def test_late_gate_still_gives_the_events_of_one_detector_per_line():
+    """Receivers started late begin on the pre-roll (the row-level identity, idle bits and mark offset
+    included, is checked in test_receiver_bank_rows_match_single_receivers)."""
+    lines = np.zeros((4, 12000))
+    for row, at in enumerate((1000, 1040, 1100, 1157)):
+        burst = gen.callerid_burst(WORKED_NTT, standard="ntt", level_dbm0=-25.0)  # 75 mark bits
+        lines[row, at : at + burst.size] = burst
+    bank = LateGateBank(4)
+    got = [item for i in range(0, lines.shape[1], 160) for item in bank.feed(lines[:, i : i + 160])]
+    assert got == per_line_events(lines, 160)
+    assert [(ch, e.number) for ch, e in got] == [(ch, "0312345678") for ch in range(4)]
+
+
+def test_bank_line_is_fed_through_the_bank_only():
+    bank = CallerIdDetectorBank(2)
+    assert isinstance(bank.detector(1), CallerIdDetector)
+    with pytest.raises(TypeError, match="feed the bank"):
+        bank.detector(1).feed(np.zeros(160))
+    assert bank.detector(1).flush() == []
+
+
+def test_gate_passes_seizure_and_mark_runs_not_speech_or_dtmf():
+    rng = np.random.default_rng(21)
+    seizure = gen.fsk_waveform([0, 1] * 60, level_dbm0=-30.0)
+    v23_seizure = gen.fsk_waveform([0, 1] * 60, tones=gen.V23_TONES, level_dbm0=-30.0)
+    marks = gen.fsk_waveform([1] * 60, tones=gen.V23_TONES, level_dbm0=-40.0)
+    quiet_marks = gen.fsk_waveform([1] * 60, level_dbm0=-50.0)  # below the receiver's -43 dBm0
+    dtmf = gen.dtmf_waveform("1470", level_dbm0=-8.0)
+    speech = gen_speech(1.0, rng)
+    cases = [seizure, v23_seizure, marks, quiet_marks, dtmf, speech]
+    n = max(s.size for s in cases)
+    frames = np.zeros((len(cases), n + 160 - n % 160))
+    for row, s in enumerate(cases):
+        frames[row, : s.size] = s
+    gate = FskGate(len(cases))
+    started = np.zeros(len(cases), dtype=bool)
+    for i in range(0, frames.shape[1], 160):
+        start, _ = gate.update(frames[:, i : i + 160])
+        started |= start
+    assert started.tolist() == [True, True, True, False, False, False]
+
+
+def test_gate_preroll_holds_the_newest_samples():
+    gate = FskGate(2, preroll_ms=10.0)  # 80 samples
+    x = np.arange(2 * 300, dtype=np.float64).reshape(2, 300)
+    for i in range(0, 300, 70):
+        assert gate.preroll(np.array([1])).shape[1] == min(i, 80)
+        gate.remember(x[:, i : i + 70])
+    assert gate.preroll(np.array([1, 0])).tolist() == [x[1, -80:].tolist(), x[0, -80:].tolist()]
+
+
+def test_receiver_bank_rows_match_single_receivers():
+    """Lines join late (with a pre-roll) and leave: each line's items are those of its own receiver."""
+    a = gen.callerid_burst(WORKED_MDMF, level_dbm0=-20.0)
+    b = gen.callerid_burst(WORKED_MDMF, standard="etsi", level_dbm0=-20.0)
+    n = max(a.size, b.size) + 2000
+    lines = np.zeros((3, n))
+    lines[0, : a.size] = a
+    lines[2, 1500 : 1500 + b.size] = b
+    single = []
+    for ch in (0, 2):
+        rx = FskReceiver(BELL202)
+        single += [(ch, item) for i in range(0, n, 160) for item in rx.feed(lines[ch, i : i + 160])]
+    bank = FskReceiverBank(BELL202)
+    got = bank.add(np.array([0]), lines[[0], :0])
+    for i in range(0, n, 160):
+        if i == 1600:
+            got += bank.add(np.array([2]), lines[[2], :1600])
+        got += bank.feed(lines[bank.lines, i : i + 160])
+    assert sorted(got, key=lambda t: t[0]) == single and len(single) > 30
+    bank.remove(bank.lines == 0)
+    assert bank.lines.tolist() == [2]
+    with pytest.raises(ValueError, match="expected samples shaped"):
+        bank.feed(np.zeros((2, 160)))
 
 
 # --------------------------------------------------------------------------------- generator sanity
