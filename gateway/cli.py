@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+
+# The line DSP multiplies small matrices every 20 ms tick: a multi-threaded BLAS only adds hand-offs (and
+# stalls of ~5 ms per call were measured on a busy 2-core box). Set before anything imports numpy.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 # Sub-command modules, each with register(subparsers). Kept in one list so `--help` shows them in order.
 COMMAND_MODULES = (
