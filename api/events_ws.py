@@ -106,11 +106,14 @@ class _Connection:
         self.principal = principal
         self.send_lock = trio.Lock()
         self.closed = False
+        # The connection's own websocket object, resolved once: every event to every client passes here, and
+        # the context-local proxy costs a lookup per attribute.
+        self.websocket = websocket._get_current_object()  # type: ignore[attr-defined]
 
     async def send(self, text: str) -> None:
         async with self.send_lock:
             if not self.closed:
-                await websocket.send(text)
+                await self.websocket.send(text)
 
     async def close(self, code: int, reason: str, nursery: trio.Nursery, metric_reason: str) -> None:
         """Send the close frame once, then end every task of this connection."""
