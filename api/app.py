@@ -8,6 +8,7 @@ their tasks, so shutdown is not held up (see /work/shared/notes/api.md §8).
 
 from __future__ import annotations
 
+import importlib
 import re
 import time
 import uuid
@@ -61,6 +62,8 @@ def create_app(services: ApiServices, settings: ApiSettings | None = None) -> Qu
 
     app.register_blueprint(messages.blueprint)
     app.register_blueprint(events_ws.blueprint)
+    for module in _feature_route_modules():
+        app.register_blueprint(module.blueprint)
     _register_operational_routes(app)
     _register_hooks(app, state)
     _register_error_handlers(app)
@@ -71,6 +74,21 @@ def create_app(services: ApiServices, settings: ApiSettings | None = None) -> Qu
         app.asgi_app, state, lambda out, origin, _method: cors_headers(out, origin, settings.cors_origins)
     )
     return app
+
+
+# Route modules of the SMS platform (issue 4), each exposing ``blueprint``.
+FEATURE_ROUTE_MODULES = ("api.templates", "api.verifications", "api.webhooks", "api.consent", "api.providers")
+
+
+def _feature_route_modules() -> list:
+    modules = []
+    for name in FEATURE_ROUTE_MODULES:
+        try:
+            modules.append(importlib.import_module(name))
+        except ModuleNotFoundError as exc:  # only while a feature module is being written
+            if exc.name != name:
+                raise
+    return modules
 
 
 def _register_operational_routes(app: QuartTrio) -> None:

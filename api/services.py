@@ -33,6 +33,12 @@ class ApiServices:
     tokens: TokenStore
     started_at: float = field(default_factory=time.time)
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+    # SMS platform services (issue 4); None where the deployment does not run them (routes answer 404).
+    templates: Any = None  # gateway.sms.template_store.TemplateStore
+    verifications: Any = None  # gateway.verify.VerificationService
+    webhooks: Any = None  # gateway.webhooks.WebhookService
+    consent: Any = None  # gateway.sms.consent.ConsentService (opt-out registry)
+    provider_reports: Any = None  # gateway.sms.providers.ProviderReportIntake (DLR callbacks)
 
 
 @dataclass
