@@ -196,6 +196,8 @@ class SimulatedVoiceModem:
         self.ring_report = ring_report
         self._audio_source: AudioSource = audio_source or _silence
         self.commands: list[str] = []  # every command line received, for assertions
+        self.dialled: list[str] = []  # ATD dial strings, for assertions
+        self._generation = 0  # bumped by unplug()/replug(): a reader of an older pty stops
         self.played_tones: list[str] = []  # +VTS arguments
         self._transmitted = bytearray()
         self._out_send, self._out_recv = trio.open_memory_channel[bytes](math.inf)
@@ -250,7 +252,7 @@ class SimulatedVoiceModem:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 nursery.start_soon(self._writer)
-                nursery.start_soon(self._reader)
+                nursery.start_soon(self._reader, self._generation)
                 task_status.started(path)
         finally:
             self._nursery = None
@@ -267,8 +269,26 @@ class SimulatedVoiceModem:
     def _result(self, *lines: str) -> None:
         self._send(b"".join(b"\r\n" + line.encode("latin-1") + b"\r\n" for line in lines))
 
-    async def _reader(self) -> None:
-        while True:
+    def unplug(self) -> None:
+        """The USB modem is pulled out: the pty closes (the host reads EIO or EOF), the symlink goes."""
+        self._generation += 1
+        self._stop_streams()
+        self._tx_space.set()  # a reader waiting for transmit buffer space must not hang
+        self.port.unplug()
+
+    def replug(self) -> str:
+        """Plugged back: a new pty behind the same symlink and power-on settings (caller ID off again)."""
+        if self._nursery is None:
+            raise RuntimeError("the simulated voice modem is not running; start run() first")
+        self.unplug()
+        path = self.port.open()
+        self._line.clear()
+        self._reset_state()
+        self._nursery.start_soon(self._reader, self._generation)
+        return path
+
+    async def _reader(self, generation: int) -> None:
+        while generation == self._generation:
             try:
                 data = await self.port.receive_some()
             except PortUnplugged:
@@ -336,6 +356,12 @@ class SimulatedVoiceModem:
                     return result  # voice data state: the rest of the line is not executed
             elif ch == ";":
                 i += 1
+            elif ch.upper() == "D":
+                # V.250 §6.3.1 dial: the rest of the line up to ";" is the dial string; ";" (voice, V.253)
+                # keeps the modem in command mode after dialling.
+                j = body.find(";", i)
+                self.dialled.append(body[i + 1 : len(body) if j < 0 else j])
+                i = len(body) if j < 0 else j + 1
             elif ch.isalpha() or ch == "&":
                 name = ch.upper()
                 i += 1

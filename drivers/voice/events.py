@@ -179,6 +179,16 @@ class DeviceLost(_Json):
 
 
 @dataclass(frozen=True, slots=True)
+class DeviceReady(_Json):
+    """The device was found and opened (at start, or again after it was lost); ``profile`` names the box
+    profile or the voice-modem family."""
+
+    serial: str | None
+    profile: str
+    type: str = field(default="device_ready", init=False)
+
+
+@dataclass(frozen=True, slots=True)
 class UnknownDleCode(_Json):
     """A ``<DLE>`` code this codec does not know: reported, never fatal."""
 

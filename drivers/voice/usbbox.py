@@ -38,7 +38,7 @@ is gone.  :class:`OpenBoxProfile` is the profile of ``docs/usb-box-protocol.md``
 from __future__ import annotations
 
 import errno
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
@@ -51,6 +51,7 @@ from drivers.dsp import events as dsp
 from drivers.dsp.pipeline import LineAnalyzer
 from drivers.voice.events import (
     DeviceLost,
+    DeviceReady,
     DtmfDigit,
     Handset,
     LoopBreak,
@@ -113,16 +114,6 @@ BoxInput = StatusReport | AudioIn | AudioLost
 
 
 # ------------------------------------------------------------------------------ driver events
-@dataclass(frozen=True, slots=True)
-class DeviceReady:
-    """The box was found and opened (at start, or again after it was lost)."""
-
-    serial: str | None
-    profile: str
-    type: str = field(default="device_ready", init=False)
-
-    def to_json(self) -> dict:
-        return asdict(self)
 
 
 @dataclass(frozen=True, slots=True)

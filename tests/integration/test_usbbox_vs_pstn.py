@@ -17,6 +17,7 @@ from drivers.dsp.dtmf import DtmfDetector
 from drivers.dsp.events import CallerId
 from drivers.voice.events import (
     DeviceLost,
+    DeviceReady,
     DtmfDigit,
     Handset,
     Overrun,
@@ -24,7 +25,7 @@ from drivers.voice.events import (
     Ring,
     ToneEvent,
 )
-from drivers.voice.usbbox import AudioIn, BoxUnavailable, DeviceReady, StatusReport, UsbVoiceBox
+from drivers.voice.usbbox import AudioIn, BoxUnavailable, StatusReport, UsbVoiceBox
 from drivers.voice.usbbox_protocol import LineStatus
 from simulators.pstn_line import Caller, HangUp, Keys, Pause, PstnLine, Say
 from simulators.usb_box import UsbBoxBackend, VoiceBox, make_box
