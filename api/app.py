@@ -62,13 +62,15 @@ def create_app(services: ApiServices, settings: ApiSettings | None = None) -> Qu
 
     app.register_blueprint(messages.blueprint)
     app.register_blueprint(events_ws.blueprint)
-    for module in _feature_route_modules():
+    features = _feature_route_modules()
+    for module in features:
         app.register_blueprint(module.blueprint)
     _register_operational_routes(app)
     _register_hooks(app, state)
     _register_error_handlers(app)
     # Built once, after every route exists.
-    app.extensions[OPENAPI_KEY] = build_openapi(app, metrics_public=settings.metrics_public)
+    extra = [op for module in features for op in getattr(module, "OPENAPI_OPERATIONS", ())]
+    app.extensions[OPENAPI_KEY] = build_openapi(app, metrics_public=settings.metrics_public, extra=extra)
     # The ingest hot path answers POST /v1/messages before Quart's machinery (see api/submit_fast.py).
     app.asgi_app = SubmitFastPath(  # type: ignore[method-assign]
         app.asgi_app, state, lambda out, origin, _method: cors_headers(out, origin, settings.cors_origins)

@@ -186,9 +186,16 @@ def check_token(tokens: TokenStore, token: str | None, scope: str) -> Principal:
 
 def authorize(scope: str) -> Principal:
     """Authenticate the current HTTP request and check ``scope``; raises the matching ApiProblem."""
+    principal = authenticate_header(api_state().services.tokens, request.headers.get("Authorization"), scope)
+    g.principal = principal
+    return principal
+
+
+def authenticate_header(tokens: TokenStore, authorization: str | None, scope: str) -> Principal:
+    """The principal for an ``Authorization`` header value, or the matching 401/403 ApiProblem (with its
+    ``WWW-Authenticate`` challenge, RFC 6750 §3). Framework-free: the submit fast path uses it too."""
     try:
-        token = parse_bearer(request.headers.get("Authorization"))
-        principal = check_token(api_state().services.tokens, token, scope)
+        return check_token(tokens, parse_bearer(authorization), scope)
     except BearerHeaderError as exc:
         raise ApiProblem(
             "invalid_token", str(exc), headers={"WWW-Authenticate": bearer_challenge("invalid_token")}
@@ -200,8 +207,6 @@ def authorize(scope: str) -> Principal:
             "insufficient_scope": bearer_challenge("insufficient_scope", scope),
         }[exc.code]
         raise ApiProblem(exc.code, exc.detail, headers={"WWW-Authenticate": challenge}) from None
-    g.principal = principal
-    return principal
 
 
 def requires_scope(scope: str) -> Callable[[F], F]:

@@ -7,6 +7,7 @@ documented here, so the document cannot silently fall behind the code.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -170,9 +171,9 @@ def _problem_response(status: int) -> dict[str, Any]:
     }
 
 
-def _component_schemas() -> dict[str, Any]:
+def _component_schemas(operations: Sequence[Operation]) -> dict[str, Any]:
     models: list[tuple[type[BaseModel], str]] = [(schemas.Problem, "serialization")]
-    for op in OPERATIONS:
+    for op in operations:
         if op.request is not None:
             models.append((op.request, "validation"))
         models.extend((model, "serialization") for model, _ in op.responses.values() if model is not None)
@@ -205,14 +206,22 @@ def app_operations(app: Any) -> set[tuple[str, str]]:
     return found
 
 
-def build_openapi(app: Any, *, metrics_public: bool = False) -> dict[str, Any]:
-    documented = {(op.path, op.method) for op in OPERATIONS}
+def build_openapi(
+    app: Any, *, metrics_public: bool = False, extra: Sequence[Operation] = ()
+) -> dict[str, Any]:
+    """The OpenAPI document of ``app``. ``extra``: operations documented by feature route modules (their
+    ``OPENAPI_OPERATIONS``), so each module documents its own routes next to them."""
+    operations = (*OPERATIONS, *extra)
+    documented = {(op.path, op.method) for op in operations}
     missing = sorted(app_operations(app) - documented)
     if missing:
-        raise RuntimeError(f"routes missing from api/openapi.py OPERATIONS: {missing}")
+        raise RuntimeError(
+            "routes missing from the OpenAPI document (add them to OPERATIONS in api/openapi.py, or to "
+            f"OPENAPI_OPERATIONS in the route's own module): {missing}"
+        )
 
     paths: dict[str, dict[str, Any]] = {}
-    for op in OPERATIONS:
+    for op in operations:
         if (op.path, op.method) not in app_operations(app):
             continue  # documented but not mounted in this app
         responses: dict[str, Any] = {}
@@ -261,7 +270,7 @@ def build_openapi(app: Any, *, metrics_public: bool = False) -> dict[str, Any]:
         },
         "paths": paths,
         "components": {
-            "schemas": _component_schemas(),
+            "schemas": _component_schemas(operations),
             "securitySchemes": {
                 "bearerAuth": {
                     "type": "http",

@@ -19,14 +19,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from api.auth import (
-    SCOPE_SMS_SEND,
-    AuthFailure,
-    BearerHeaderError,
-    bearer_challenge,
-    check_token,
-    parse_bearer,
-)
+from api.auth import SCOPE_SMS_SEND, authenticate_header
 from api.problems import PROBLEM_CONTENT_TYPE, ApiProblem, FieldError, validation_problem
 from api.schemas import SendMessageRequest
 from api.services import ApiState
@@ -78,23 +71,6 @@ def check_json_content_type(content_type: str | None) -> None:
         raise ApiProblem("unsupported_media_type", detail)
 
 
-def authenticate(state: ApiState, authorization: str | None, scope: str):
-    """The principal for the Authorization header, or the matching 401/403 ApiProblem."""
-    try:
-        return check_token(state.services.tokens, parse_bearer(authorization), scope)
-    except BearerHeaderError as exc:
-        raise ApiProblem(
-            "invalid_token", str(exc), headers={"WWW-Authenticate": bearer_challenge("invalid_token")}
-        ) from None
-    except AuthFailure as exc:
-        challenge = {
-            "missing_token": bearer_challenge(),
-            "invalid_token": bearer_challenge("invalid_token"),
-            "insufficient_scope": bearer_challenge("insufficient_scope", scope),
-        }[exc.code]
-        raise ApiProblem(exc.code, exc.detail, headers={"WWW-Authenticate": challenge}) from None
-
-
 def service_problem(exc: Exception) -> ApiProblem:
     if isinstance(exc, InvalidRequest):
         errors = [FieldError(exc.field, exc.detail)] if exc.field else []
@@ -112,7 +88,7 @@ async def submit(state: ApiState, *, authorization: str | None, content_type: st
     The service validates and commits message, parts, idempotency record and the ``sms.queued`` event in one
     transaction before this returns: a 202 always means durable.
     """
-    principal = authenticate(state, authorization, SCOPE_SMS_SEND)
+    principal = authenticate_header(state.services.tokens, authorization, SCOPE_SMS_SEND)
     key = parse_idempotency_key(idempotency_key)
     check_json_content_type(content_type)
     try:
@@ -133,7 +109,8 @@ async def submit(state: ApiState, *, authorization: str | None, content_type: st
     try:
         result = await state.services.sms.submit(
             SubmitRequest(to=request.to, text=request.text, modem=request.modem, report=request.report,
-                          send_at=request.send_at, client_ref=request.client_ref),
+                          send_at=request.send_at, client_ref=request.client_ref,
+                          category=request.category, route=request.route),
             idempotency_key=scoped_key,
         )
     except (InvalidRequest, IdempotencyConflict) as exc:
