@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "gateway.commands.pdu",
     "gateway.commands.dsp",
     "gateway.commands.ivr",
+    "gateway.commands.backup",
 )
 
 

@@ -22,6 +22,7 @@ import trio
 
 from gateway.config import Config
 from gateway.logging import configure_logging
+from gateway.sdnotify import SystemdNotifier, keep_watchdog_alive, watchdog_interval
 
 SHUTDOWN_GRACE = 4.0  # seconds; the issue's budget is 5 s from the signal to exit
 
@@ -76,7 +77,11 @@ async def run_gateway(config: Config, *, task_status=trio.TASK_STATUS_IGNORED,
     stop = trio.Event() if stop is None else stop
     config.gateway.data_dir.mkdir(parents=True, exist_ok=True)
 
+    notifier = SystemdNotifier.from_environment()
     async with trio.open_nursery() as root:
+        interval = watchdog_interval()
+        if interval is not None:
+            root.start_soon(keep_watchdog_alive, notifier, interval)
         simulators = await _start_simulators(config, root)
         store = await SqliteStore.open(config.resolve(config.store.path),
                                        synchronous=config.store.synchronous)
@@ -114,10 +119,12 @@ async def run_gateway(config: Config, *, task_status=trio.TASK_STATUS_IGNORED,
                              modems=modems, simulators=simulators, stop=stop, started_at=started_at)
                 _tune_garbage_collector()
                 log.info("gateway ready", url=url, modems=list(modems), simulators=list(simulators))
+                notifier.ready(status=f"serving {url}, {len(modems)} modem(s)")
                 task_status.started(gw)
                 await stop.wait()
 
                 log.info("shutting down", grace_s=SHUTDOWN_GRACE)
+                notifier.stopping()
                 api_stopped.set()
                 # The dispatcher stops taking new work; each modem finishes the AT command in flight
                 # (request_stop), and its run() returns; whatever is still running at the deadline is
@@ -132,6 +139,7 @@ async def run_gateway(config: Config, *, task_status=trio.TASK_STATUS_IGNORED,
             with trio.CancelScope(shield=True):
                 await store.close()
         root.cancel_scope.cancel()
+    notifier.close()
     log.info("stopped")
 
 
@@ -165,6 +173,11 @@ async def _serve_until_signal(config: Config, on_ready: Callable[[str], None] | 
 def main_blocking(config: Config, *, on_ready: Callable[[str], None] | None = None) -> int:
     """Run the daemon in the foreground; exit code 0 on a clean signal-driven stop."""
     configure_logging(config.logging.level, config.logging.format)
+    try:
+        watchdog_interval()
+    except ValueError as exc:
+        structlog.get_logger("daemon").error("bad systemd watchdog settings", error=str(exc))
+        return 1
     try:
         trio.run(_serve_until_signal, config, on_ready)
     except OSError as exc:  # e.g. the API port is taken
