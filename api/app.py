@@ -78,8 +78,12 @@ def create_app(services: ApiServices, settings: ApiSettings | None = None) -> Qu
     return app
 
 
-# Route modules of the SMS platform (issue 4), each exposing ``blueprint``.
-FEATURE_ROUTE_MODULES = ("api.templates", "api.verifications", "api.webhooks", "api.consent", "api.providers")
+# Feature route modules, each exposing ``blueprint`` and documenting its routes in ``OPENAPI_OPERATIONS``.
+FEATURE_ROUTE_MODULES = (
+    "api.templates", "api.verifications", "api.webhooks", "api.consent", "api.providers",  # SMS platform
+    "api.calls", "api.recordings", "api.history",  # voice lines (issue 5)
+    "api.ivr", "api.agents", "api.call_campaigns",  # IVR (issue 6)
+)
 
 
 def _feature_route_modules() -> list:

@@ -39,6 +39,10 @@ class ApiServices:
     webhooks: Any = None  # gateway.webhooks.WebhookService
     consent: Any = None  # gateway.sms.consent.ConsentService (opt-out registry)
     provider_reports: Any = None  # gateway.sms.providers.ProviderReportIntake (DLR callbacks)
+    # Voice lines and IVR (issues 5 and 6).
+    voice: Any = None  # gateway.voice.service.VoiceService
+    ivr: Any = None  # gateway.ivr.service.IvrService (tree revisions, sessions)
+    queues: Any = None  # gateway.ivr.queue.QueueManager (operator positions)
 
 
 @dataclass
