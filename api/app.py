@@ -172,7 +172,7 @@ def _apply_cors(response: Any, origins: list[str]) -> None:
     response.headers.add("Vary", "Origin")
     response.headers["Access-Control-Expose-Headers"] = _CORS_EXPOSE_HEADERS
     if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
-        response.headers["Access-Control-Allow-Methods"] = "GET, POST, DELETE, OPTIONS"
+        response.headers["Access-Control-Allow-Methods"] = "GET, POST, PUT, PATCH, DELETE, OPTIONS"
         response.headers["Access-Control-Allow-Headers"] = _CORS_ALLOW_HEADERS
         response.headers["Access-Control-Max-Age"] = "600"
 

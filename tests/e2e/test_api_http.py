@@ -550,6 +550,7 @@ async def test_openapi_lists_every_route(api: RunningApi, client: httpx.AsyncCli
     assert spec["openapi"] == "3.1.0"
     documented = {(path, method) for path, item in spec["paths"].items() for method in item}
     assert documented == app_operations(api.app)
+    # The core routes; feature modules (templates, calls, IVR, ...) add theirs, each documented.
     assert {
         "/v1/messages",
         "/v1/messages/{message_id}",
@@ -558,7 +559,7 @@ async def test_openapi_lists_every_route(api: RunningApi, client: httpx.AsyncCli
         "/health",
         "/metrics",
         "/openapi.json",
-    } == set(spec["paths"])
+    } <= set(spec["paths"])
     assert spec["components"]["securitySchemes"]["bearerAuth"] == {
         "type": "http",
         "scheme": "bearer",
