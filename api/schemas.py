@@ -55,6 +55,21 @@ class SendMessageRequest(_Request):
         str | None,
         Field(max_length=MAX_CLIENT_REF, description="Opaque reference of the CRM, echoed in events"),
     ] = None
+    category: Annotated[
+        str | None,
+        Field(
+            max_length=32,
+            description="otp, lab_result, appointment, billing, care, education, report (or a configured "
+            "one): sets the priority and quiet hours; default: sms.default_category (care)",
+        ),
+    ] = None
+    route: Annotated[
+        str | None,
+        Field(
+            max_length=32,
+            description="auto (default), a modem name or an HTTP provider name; 'modem' is an alias",
+        ),
+    ] = None
 
 
 class MessagePart(_Response):
@@ -109,6 +124,17 @@ class Message(_Response):
     sent_at: datetime | None = None
     final_at: datetime | None = None
     error: MessageError | None = None
+    category: Annotated[str | None, Field(description="Outgoing: the message's category")] = None
+    route: Annotated[
+        str | None, Field(description="Outgoing: the route that sent it, else the one asked for, else auto")
+    ] = None
+    cost: Annotated[
+        float | None,
+        Field(description="Outgoing: estimated at submit, the actual route's cost once sent (sms.costs)"),
+    ] = None
+    provider_id: Annotated[
+        str | None, Field(description="Outgoing via an HTTP provider: the provider's message id")
+    ] = None
     from_: Annotated[str | None, Field(alias="from", description="Sender in E.164 when derivable")] = None
     from_raw: str | None = None
     received_at: datetime | None = None
@@ -172,3 +198,17 @@ class Problem(_Response):
     code: Annotated[str, Field(description="Stable machine-readable error code")]
     request_id: str | None = None
     errors: list[ProblemFieldError] | None = None
+
+
+class ProviderReportItem(_Response):
+    provider_id: str
+    status: Annotated[str, Field(description="delivered, undelivered, failed or pending")]
+    message_id: Annotated[str | None, Field(description="null: no message with that id (stored for later)")]
+    applied: Annotated[bool, Field(description="The message's state changed")]
+
+
+class ProviderReportAck(_Response):
+    """POST /v1/providers/{name}/reports: answered only after the reports are committed."""
+
+    accepted: int
+    items: list[ProviderReportItem]

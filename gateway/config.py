@@ -19,6 +19,16 @@ from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError
 
+from gateway.sms.categories import (
+    DEFAULT_CATEGORIES,
+    DEFAULT_CATEGORY,
+    DEFAULT_QUIET_HOURS,
+    CategorySettings,
+    QuietWindow,
+)
+from gateway.sms.providers import HttpProviderEntry
+from gateway.sms.routing import CoolOffSettings, CostSettings, RouteLimits
+
 SCOPES = ("sms:send", "sms:read", "events:read", "admin")
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$"
 
@@ -86,6 +96,34 @@ class SmsSection(_Strict):
     modem_error_pause_s: Annotated[float, Field(ge=0, le=3600)] = 30.0
     report_window_hours: Annotated[float, Field(gt=0)] = 72.0
     reassembly_timeout_s: Annotated[float, Field(gt=0)] = 600.0
+    # --- routing (issue 4); times of day are in gateway.timezone ---
+    default_category: str = Field(DEFAULT_CATEGORY, description="category of a message that names none")
+    quiet_hours: str = Field(DEFAULT_QUIET_HOURS, description="HH:MM-HH:MM: categories' 'default' window")
+    categories: dict[str, CategorySettings] = Field(
+        {}, description="added to / replacing the built-in categories (otp, lab_result, appointment, ...)")
+    routes: dict[str, RouteLimits] = Field({}, description="per modem / provider: daily_cap, cost")
+    costs: CostSettings = CostSettings()
+    cool_off: CoolOffSettings = CoolOffSettings()
+    provider_overflow: Annotated[int, Field(ge=0)] | None = Field(
+        None, description="auto messages waiting per healthy modem above which a provider helps")
+    http_providers: list[HttpProviderEntry] = []
+
+    @field_validator("quiet_hours")
+    @classmethod
+    def _quiet_window(cls, v: str) -> str:
+        QuietWindow.parse(v)
+        return v
+
+    @model_validator(mode="after")
+    def _known_default_category(self) -> SmsSection:
+        known = set(DEFAULT_CATEGORIES) | set(self.categories)
+        if self.default_category not in known:
+            raise ValueError(f"default_category {self.default_category!r} is not a category "
+                             f"(known: {', '.join(sorted(known))})")
+        for name in self.categories:
+            if not re.fullmatch(r"[a-z][a-z0-9_]{0,31}", name):
+                raise ValueError(f"category name {name!r}: lower-case letters, digits and '_'")
+        return self
 
 
 class ModemEntry(_Strict):
@@ -128,12 +166,24 @@ class Config(_Strict):
 
     @model_validator(mode="after")
     def _unique_names(self) -> Config:
-        for what, items in (("modems", self.modems), ("api.tokens", self.api.tokens)):
+        for what, items in (
+            ("modems", self.modems),
+            ("api.tokens", self.api.tokens),
+            ("sms.http_providers", self.sms.http_providers),
+        ):
             seen: set[str] = set()
             for item in items:
                 if item.name in seen:
                     raise ValueError(f"{what}: name {item.name!r} is used twice")
                 seen.add(item.name)
+        modems = {m.name for m in self.modems} | {g.name for g in self.simulators.gsm}
+        providers = {p.name for p in self.sms.http_providers}
+        both = sorted({m.name for m in self.modems} & providers)
+        if both:
+            raise ValueError(f"sms.http_providers: {', '.join(both)} is also a modem name")
+        unknown = sorted(set(self.sms.routes) - modems - providers)
+        if unknown:
+            raise ValueError(f"sms.routes: {', '.join(unknown)} is neither a modem nor an HTTP provider")
         return self
 
     def resolve(self, path: Path | str) -> Path:

@@ -42,6 +42,16 @@ EVENT_TYPES = frozenset(
         "sms.canceled",
         "sms.received",
         "modem.state_changed",
+        # issue 4 (SMS platform)
+        "sms.rerouted",  # routing: a queued message moved off a modem that cooled off
+        "route.cooling_off",  # routing: a route failed repeatedly and rests (modem reset requested)
+        "route.recovered",  # routing: a route that cooled off takes work again
+        "campaign.progress",
+        "sms.opted_out",
+        "verification.sent",
+        "verification.checked",
+        "webhook.dead_lettered",
+        "provider.report",
     }
 )
 

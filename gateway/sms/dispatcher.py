@@ -33,9 +33,8 @@ was being sent when the process died:
 from __future__ import annotations
 
 import math
-from collections import deque
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -46,16 +45,20 @@ from drivers.gsm import pdu
 from drivers.gsm.modem import IncomingSms, ModemStatus, ModemUnavailable, SendError, StatusReport
 from gateway.events import Event, EventBus, format_time, parse_time, utc_now
 from gateway.numbers import DEFAULT_REGION, mask, to_e164_or_none
+from gateway.sms.categories import Categories
 from gateway.sms.models import (
     FINAL_STATUSES,
     TP_ST_VALIDITY_EXPIRED,
+    InboundHook,
     Message,
     MessageStatus,
     PartStatus,
     SmsSettings,
     part_status_for_tp_st,
 )
+from gateway.sms.providers import apply_provider_report
 from gateway.sms.reassembly import ReceivedPiece, add_fragment, expire_groups, pdu_digest, record_received
+from gateway.sms.routing import RouteHealth, RoutePolicy, SendQueues
 from gateway.store.base import Fragment, StatusReportRecord, Store, StoreTx
 
 log = structlog.get_logger("sms.dispatcher")
@@ -68,15 +71,32 @@ EARLY_REPORT_WINDOW = timedelta(minutes=10)  # a report may be processed before 
 SCTS_SKEW = timedelta(minutes=5)  # tolerance between our clock and the SC's TP-SCTS when pairing reports
 RELEASE_BATCH = 500
 
+__all__ = ["InboundHook", "SmsDispatcher"]
+
 
 @dataclass
-class _ModemSlot:
+class _RouteSlot:
+    """A route the dispatcher sends through: a modem (one message at a time) or an HTTP provider."""
+
     name: str
-    modem: Any
-    pinned: deque[str]
-    in_flight: str | None = None
+    kind: str  # "modem" | "provider"
+    device: Any  # GsmModem-like (send_pdu, status, events) or HttpSmsRoute-like (send, config)
+    workers: int = 1
+    in_flight: set[str] = field(default_factory=set)
     last_state: str | None = None
-    rest_until: float = -math.inf  # trio time before which this modem takes no work
+    rest_until: float = -math.inf  # trio time before which this route takes no work
+    health: RouteHealth = field(default_factory=RouteHealth)
+    announced_cooling: bool = False  # route.cooling_off published, route.recovered not yet
+    capped_day: str | None = None  # local day on which the daily cap was reached
+
+    @property
+    def modem(self) -> Any:  # the name the receive path has always used
+        return self.device
+
+    def ready(self) -> bool:
+        if self.kind == "provider":
+            return True
+        return getattr(getattr(self.device, "status", None), "state", None) == "ready"
 
 
 class SmsDispatcher:
@@ -90,15 +110,31 @@ class SmsDispatcher:
         region: str = DEFAULT_REGION,
         clock: Callable[[], datetime] = utc_now,
         service: Any = None,
+        providers: Mapping[str, Any] | None = None,
+        categories: Categories | None = None,
+        route_policy: RoutePolicy | None = None,
+        inbound_hooks: Sequence[InboundHook] = (),
     ):
         self._store = store
         self._bus = bus
         self.settings = SmsSettings.from_config(settings)
         self.region = region
         self._clock = clock
-        self._slots = {name: _ModemSlot(name, modem, deque()) for name, modem in modems.items()}
-        self._shared: deque[str] = deque()
-        self._queued_ids: set[str] = set()
+        self._service = service
+        self.categories = (
+            categories or getattr(service, "categories", None) or Categories.from_config(settings)
+        )
+        self.route_policy = (
+            route_policy or getattr(service, "route_policy", None) or RoutePolicy.from_config(settings)
+        )
+        self.inbound_hooks = tuple(inbound_hooks)
+        self._slots = {name: _RouteSlot(name, "modem", modem) for name, modem in modems.items()}
+        for name, route in (providers or {}).items():
+            if name in self._slots:
+                raise ValueError(f"route name {name!r} is used by a modem and a provider")
+            concurrency = getattr(getattr(route, "config", None), "concurrency", 1)
+            self._slots[name] = _RouteSlot(name, "provider", route, workers=max(1, int(concurrency)))
+        self._queues = SendQueues()
         self._work_changed = trio.Event()
         self._schedule_changed = trio.Event()
         self._stopping = False
@@ -110,34 +146,62 @@ class SmsDispatcher:
             service.attach_dispatcher(self)
 
     # --- public -------------------------------------------------------------------------------------------
+    def add_inbound_hook(self, hook: InboundHook) -> None:
+        """Add a hook after construction (the composition root builds the consent/reply services later)."""
+        self.inbound_hooks = (*self.inbound_hooks, hook)
+
     def queue_depth(self, modem: str) -> int:
-        """Messages waiting for (or being sent by) this modem; the shared queue is ``shared_depth``."""
+        """Messages waiting for (or being sent by) this route; the shared queue is ``shared_depth``."""
         slot = self._slots.get(modem)
         if slot is None:
             return 0
-        return len(slot.pinned) + (1 if slot.in_flight else 0)
+        return self._queues.named_depth(modem) + len(slot.in_flight)
 
     @property
     def shared_depth(self) -> int:
-        return len(self._shared)
+        return self._queues.shared_depth
+
+    def routes(self) -> list[dict[str, Any]]:
+        """Every route with its health, queue and today's count against its cap (for the API and logs)."""
+        now = trio.current_time()
+        out = []
+        for slot in self._slots.values():
+            out.append(
+                {
+                    "name": slot.name,
+                    "kind": slot.kind,
+                    "ready": slot.ready(),
+                    "healthy": self._healthy(slot, now),
+                    "cooling_off": slot.health.cooling(now),
+                    "consecutive_failures": slot.health.failures,
+                    "capped": slot.capped_day == self._today(),
+                    "daily_cap": self.route_policy.daily_cap(slot.name),
+                    "queue_depth": self.queue_depth(slot.name),
+                }
+            )
+        return out
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Recover, then run the senders, the receivers and the timer until ``stop()`` or cancellation."""
         await self._recover_interrupted_sends()
         now = self._clock()
         for ref in await self._store.read(lambda tx: tx.queued_refs(due_by=now)):
-            self._enqueue(ref.message_id, ref.sent_modem or ref.modem)
+            self._enqueue(ref.message_id, ref.sent_modem or ref.modem, ref.category)
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             nursery.start_soon(self._timer)
             for slot in self._slots.values():
-                nursery.start_soon(self._receiver, slot)
+                if slot.kind == "modem":
+                    nursery.start_soon(self._receiver, slot)
             nursery.start_soon(self._run_senders)
+            run_deferred = getattr(self._service, "run_deferred", None)
+            if run_deferred is not None:
+                nursery.start_soon(run_deferred)
             task_status.started()
 
     async def stop(self) -> None:
-        """Stop taking messages, let each modem finish the part in flight (its TP-MR gets committed), then end
-        ``run``. Parts not yet sent stay queued for the next start."""
+        """Stop taking messages, let each route finish the message in flight (its TP-MR or provider id gets
+        committed), then end ``run``. Messages not yet sent stay queued for the next start."""
         self._stopping = True
         self._notify_work()
         if self._nursery is not None:
@@ -149,34 +213,30 @@ class SmsDispatcher:
         if event.type == "sms.queued":
             due = parse_time(event.data.get("next_attempt_at"))
             if due is None or due <= self._clock():
-                self._enqueue(event.data["id"], event.data.get("modem"))
+                self._enqueue(event.data["id"], event.data.get("modem"), event.data.get("category"))
             else:
                 self._notify_schedule()
         elif event.type == "sms.scheduled":
             self._notify_schedule()
         elif event.type == "sms.canceled":
-            self._dequeue(event.data["id"])
+            self._queues.remove(event.data["id"])
 
-    def _enqueue(self, message_id: str, modem: str | None) -> None:
-        if message_id in self._queued_ids:
-            return
-        if modem is not None and modem not in self._slots:
+    def _enqueue(self, message_id: str, route: str | None, category: str | None) -> None:
+        if route is not None and route not in self._slots:
             log.error(
-                "message names a modem that is not configured; it stays queued",
+                "message names a route that is not configured; it stays queued",
                 message_id=message_id,
-                modem=modem,
+                route=route,
             )
             return
-        self._queued_ids.add(message_id)
-        (self._slots[modem].pinned if modem else self._shared).append(message_id)
-        self._notify_work()
-
-    def _dequeue(self, message_id: str) -> None:
-        if message_id in self._queued_ids:
-            self._queued_ids.discard(message_id)
-            for queue in [self._shared, *(s.pinned for s in self._slots.values())]:
-                if message_id in queue:
-                    queue.remove(message_id)
+        pushed = self._queues.push(
+            message_id,
+            priority=self.categories.priority(category),
+            route=route,
+            provider_ok=self.categories.allows_provider(category),
+        )
+        if pushed:
+            self._notify_work()
 
     def _notify_work(self) -> None:
         self._work_changed.set()
@@ -184,6 +244,93 @@ class SmsDispatcher:
 
     def _notify_schedule(self) -> None:
         self._schedule_changed.set()
+
+    # --- route health -------------------------------------------------------------------------------------
+    def _today(self) -> str:
+        return self.categories.local_day(self._clock())
+
+    def _healthy(self, slot: _RouteSlot, now: float) -> bool:
+        return (
+            slot.ready()
+            and not slot.health.cooling(now)
+            and now >= slot.rest_until
+            and slot.capped_day != self._today()
+        )
+
+    def _provider_may_take_shared(self, now: float) -> bool:
+        """Auto messages go to a provider only when no modem is healthy, or past the overflow depth."""
+        healthy = sum(1 for s in self._slots.values() if s.kind == "modem" and self._healthy(s, now))
+        if healthy == 0:
+            return True
+        overflow = self.route_policy.provider_overflow
+        return overflow is not None and self._queues.shared_depth > overflow * healthy
+
+    async def _route_failed(self, slot: _RouteSlot) -> None:
+        """Count a failed send; after ``cool_off.failures`` in a row the route cools off: it takes no work,
+        the modem is reset, and the auto messages that failed on it are rerouted at once."""
+        policy = self.route_policy.cool_off
+        if not slot.health.failed(trio.current_time(), policy):
+            return
+        slot.announced_cooling = True
+        log.warning("route cools off after repeated failures", route=slot.name, seconds=policy.seconds)
+        await self._bus.publish(
+            "route.cooling_off",
+            {"route": slot.name, "kind": slot.kind, "failures": policy.failures, "seconds": policy.seconds},
+        )
+        now = self._clock()
+        name = slot.name
+
+        def unit(tx: StoreTx) -> list[tuple[str, str | None]]:
+            moved = []
+            for message in tx.queued_for_reroute(name):
+                if message.sent_modem == name:  # its first parts went out here: all are sent again
+                    for part in message.part_list:
+                        tx.update_part(
+                            message.id,
+                            part.seq,
+                            status=PartStatus.QUEUED,
+                            reference=None,
+                            modem=None,
+                            sent_at=None,
+                            updated_at=now,
+                        )
+                tx.update_message(message.id, sent_modem=None, next_attempt_at=None, updated_at=now)
+                message.sent_modem = None
+                tx.append_event("sms.rerouted", message.event_data(from_route=name, reason="cooling_off"))
+                moved.append((message.id, message.category))
+            return moved
+
+        for message_id, category in await self._store.write(unit):
+            self._queues.remove(message_id)
+            self._enqueue(message_id, None, category)
+        if slot.kind == "modem" and self._nursery is not None:
+            self._nursery.start_soon(self._reset_modem, slot)
+        self._notify_work()
+
+    async def _reset_modem(self, slot: _RouteSlot) -> None:
+        """AT+CFUN=1,1 through the driver when it offers ``reset()``, else ask it to initialise again."""
+        reset = getattr(slot.device, "reset", None)
+        reinit = getattr(slot.device, "request_reinit", None)
+        try:
+            if reset is not None:
+                await reset()
+                log.info("modem reset requested", modem=slot.name)
+            elif reinit is not None:
+                reinit()
+                log.info("modem re-initialisation requested", modem=slot.name)
+            else:
+                log.warning(
+                    "modem driver offers no reset; it only rests during the cool-off", modem=slot.name
+                )
+        except Exception as exc:  # a failed reset must not end the dispatcher
+            log.warning("modem reset failed", modem=slot.name, error=f"{type(exc).__name__}: {exc}")
+
+    async def _route_succeeded(self, slot: _RouteSlot) -> None:
+        slot.health.succeeded()
+        if slot.announced_cooling:
+            slot.announced_cooling = False
+            log.info("route recovered", route=slot.name)
+            await self._bus.publish("route.recovered", {"route": slot.name, "kind": slot.kind})
 
     # --- crash recovery -----------------------------------------------------------------------------------
     async def _recover_interrupted_sends(self) -> None:
@@ -225,73 +372,179 @@ class SmsDispatcher:
         try:
             async with trio.open_nursery() as nursery:
                 for slot in self._slots.values():
-                    nursery.start_soon(self._sender, slot)
+                    for _ in range(slot.workers):
+                        nursery.start_soon(self._sender, slot)
         finally:
             self._senders_done.set()
 
-    async def _sender(self, slot: _ModemSlot) -> None:
+    async def _sender(self, slot: _RouteSlot) -> None:
         while True:
             message_id = await self._next_message(slot)
             if message_id is None:
                 return
-            slot.in_flight = message_id
+            slot.in_flight.add(message_id)
             try:
                 await self._send(slot, message_id)
             finally:
-                slot.in_flight = None
+                slot.in_flight.discard(message_id)
 
-    async def _next_message(self, slot: _ModemSlot) -> str | None:
+    async def _next_message(self, slot: _RouteSlot) -> str | None:
         while True:
             changed = self._work_changed
             if self._stopping:
                 return None
-            state = getattr(slot.modem.status, "state", None)
-            if state == "ready" and trio.current_time() >= slot.rest_until:
-                queue = slot.pinned or self._shared
-                if queue:
-                    message_id = queue.popleft()
-                    self._queued_ids.discard(message_id)
+            now = trio.current_time()
+            if self._healthy(slot, now):
+                shared = slot.kind == "modem" or self._provider_may_take_shared(now)
+                message_id = self._queues.pop(slot.name, shared=shared, provider=slot.kind == "provider")
+                if message_id is not None:
                     return message_id
-            if trio.current_time() < slot.rest_until:
-                with trio.move_on_at(slot.rest_until):
-                    await changed.wait()
-            else:
+            wake = [t for t in (slot.rest_until, slot.health.cooling_until) if t is not None and t > now]
+            with trio.move_on_at(min(wake) if wake else math.inf):
                 await changed.wait()
 
-    async def _send(self, slot: _ModemSlot, message_id: str) -> None:
+    async def _start(self, slot: _RouteSlot, message_id: str) -> tuple[str, Message | None]:
+        """Commit queued -> sending on this route, unless quiet hours hold it or the daily cap is reached."""
         now = self._clock()
+        day = self.categories.local_day(now)
+        cap = self.route_policy.daily_cap(slot.name)
+        categories, policy = self.categories, self.route_policy
 
-        def start(tx: StoreTx) -> Message | None:
+        def start(tx: StoreTx) -> tuple[str, Message | None]:
             message = tx.get_message(message_id)
             if message is None or message.status != MessageStatus.QUEUED:
-                return None  # canceled, or a stale queue entry
+                return "stale", None  # canceled, or a stale queue entry
             if message.next_attempt_at is not None and message.next_attempt_at > now:
-                return None  # a retry that is not due yet: the timer re-queues it
+                return "stale", None  # a retry that is not due yet: the timer re-queues it
+            held_until = categories.quiet_until(message.category, now)
+            if held_until is not None and not any(p.reference is not None for p in message.part_list):
+                tx.update_message(
+                    message_id, status=MessageStatus.SCHEDULED, send_at=held_until, updated_at=now
+                )
+                message.status, message.send_at = MessageStatus.SCHEDULED, held_until
+                tx.append_event(
+                    "sms.scheduled", message.event_data(send_at=format_time(held_until), held="quiet_hours")
+                )
+                return "held", message
+            parts = self._parts_to_count(slot, message)
+            if cap is not None:
+                used = tx.route_usage(day).get(slot.name, 0)
+                if used > 0 and used + parts > cap:
+                    return "capped", message
+            tx.add_route_usage(slot.name, day, parts)
+            cost = policy.cost(slot.kind, slot.name, message.parts)
             tx.update_message(
                 message_id,
                 status=MessageStatus.SENDING,
                 sent_modem=slot.name,
+                cost=cost,
                 updated_at=now,
                 next_attempt_at=None,
             )
-            message.status, message.sent_modem = MessageStatus.SENDING, slot.name
-            tx.append_event("sms.sending", message.event_data())
-            return message
+            message.status, message.sent_modem, message.cost = MessageStatus.SENDING, slot.name, cost
+            tx.append_event("sms.sending", message.event_data(cost=cost))
+            return "sending", message
 
-        message = await self._store.write(start)
+        return await self._store.write(start)
+
+    @staticmethod
+    def _parts_to_count(slot: _RouteSlot, message: Message) -> int:
+        """Parts this attempt sends (the daily cap counts SMS parts)."""
+        if slot.kind == "provider":
+            return message.parts
+        return sum(1 for p in message.part_list if p.reference is None)
+
+    async def _send(self, slot: _RouteSlot, message_id: str) -> None:
+        outcome, message = await self._start(slot, message_id)
+        if outcome == "held":
+            assert message is not None
+            log.info("quiet hours: message held", message_id=message_id, until=format_time(message.send_at))
+            self._notify_schedule()
+            return
+        if outcome == "capped":
+            assert message is not None
+            slot.capped_day = self._today()
+            log.warning(
+                "route reached its daily cap; it takes no more messages today",
+                route=slot.name,
+                cap=self.route_policy.daily_cap(slot.name),
+            )
+            self._enqueue(message_id, message.sent_modem or message.modem, message.category)
+            self._notify_work()
+            return
         if message is None:
             return
-        mlog = log.bind(modem=slot.name, message_id=message_id)
+        mlog = log.bind(route=slot.name, message_id=message_id)
+        if slot.kind == "provider":
+            await self._send_via_provider(slot, message, mlog)
+        else:
+            await self._send_via_modem(slot, message, mlog)
+
+    async def _send_via_provider(self, slot: _RouteSlot, message: Message, mlog: Any) -> None:
+        try:
+            result = await slot.device.send(message.to, message.text, message_id=message.id)
+        except Exception as exc:  # a route bug must fail this message, not the dispatcher
+            mlog.exception("provider send raised an unexpected error")
+            await self._send_failed(
+                slot, message, None, "permanent", None, f"internal error: {type(exc).__name__}: {exc}", mlog
+            )
+            return
+        if result.accepted:
+            await self._provider_sent(slot, message, result.provider_id)
+            await self._route_succeeded(slot)
+            mlog.info("message sent", to=mask(message.to), provider_id=result.provider_id)
+            return
+        status = f"HTTP {result.status_code}: " if result.status_code is not None else ""
+        kind = "permanent" if result.permanent else "temporary"
+        await self._send_failed(slot, message, None, kind, None, f"{status}{result.error}", mlog)
+
+    async def _provider_sent(self, slot: _RouteSlot, message: Message, provider_id: str | None) -> None:
+        now = self._clock()
+
+        def unit(tx: StoreTx) -> None:
+            for part in message.part_list:
+                tx.update_part(
+                    message.id,
+                    part.seq,
+                    status=PartStatus.SENT,
+                    modem=slot.name,
+                    sent_at=now,
+                    updated_at=now,
+                    error=None,
+                )
+            tx.update_message(
+                message.id,
+                status=MessageStatus.SENT,
+                sent_at=now,
+                provider_id=provider_id,
+                updated_at=now,
+                error_code=None,
+                error_kind=None,
+                error_message=None,
+            )
+            message.status, message.provider_id = MessageStatus.SENT, provider_id
+            tx.append_event("sms.sent", message.event_data(provider_id=provider_id, cost=message.cost))
+            if provider_id is None:
+                return
+            # A report that arrived before this commit was stored unmatched: apply it now.
+            for record in tx.unmatched_provider_reports(slot.name, provider_id):
+                assert record.id is not None
+                tx.match_provider_report(record.id, message.id)
+                apply_provider_report(tx, message.id, record, now)
+
+        await self._store.write(unit)
+
+    async def _send_via_modem(self, slot: _RouteSlot, message: Message, mlog: Any) -> None:
         unsent = [p for p in message.part_list if p.reference is None]
         for index, part in enumerate(unsent):
             try:
-                reference = await slot.modem.send_pdu(part.segment_hex, part.tpdu_length)
+                reference = await slot.device.send_pdu(part.segment_hex, part.tpdu_length)
             except SendError as exc:
                 await self._send_failed(slot, message, part.seq, exc.kind, exc.code, exc.message, mlog)
                 return
             except ModemUnavailable as exc:
                 if self._stopping:  # the modem is stopping with us: keep the parts it sent, resume later
-                    await self._requeue_remaining(message, mlog)
+                    await self._requeue_remaining(slot, message, mlog)
                 else:
                     await self._modem_unavailable(slot, message, str(exc), mlog)
                 return
@@ -311,12 +564,13 @@ class SmsDispatcher:
             part.reference = reference
             await self._part_sent(slot, message, part.seq, reference, last)
             if not last and self._stopping:
-                await self._requeue_remaining(message, mlog)
+                await self._requeue_remaining(slot, message, mlog)
                 return
+        await self._route_succeeded(slot)
         mlog.info("message sent", to=mask(message.to), parts=message.parts)
 
     async def _part_sent(
-        self, slot: _ModemSlot, message: Message, seq: int, reference: int, last: bool
+        self, slot: _RouteSlot, message: Message, seq: int, reference: int, last: bool
     ) -> None:
         now = self._clock()
 
@@ -343,7 +597,10 @@ class SmsDispatcher:
                 )
                 message.status = MessageStatus.SENT
                 tx.append_event(
-                    "sms.sent", message.event_data(references=[p.reference for p in message.part_list])
+                    "sms.sent",
+                    message.event_data(
+                        references=[p.reference for p in message.part_list], cost=message.cost
+                    ),
                 )
             # A report processed before this TP-MR was committed was stored unmatched: pair it now.
             for record in tx.unmatched_reports(slot.name, reference, now - EARLY_REPORT_WINDOW):
@@ -356,19 +613,36 @@ class SmsDispatcher:
         await self._store.write(unit)
 
     async def _send_failed(
-        self, slot: _ModemSlot, message: Message, seq: int, kind: str, code: int | None, text: str, mlog: Any
+        self,
+        slot: _RouteSlot,
+        message: Message,
+        seq: int | None,
+        kind: str,
+        code: int | None,
+        text: str,
+        mlog: Any,
     ) -> None:
+        """A failed attempt (``seq`` None: the whole message, a provider send). The parts not sent are
+        uncounted from the route's daily usage; temporary failures retry with backoff, on any route."""
         now = self._clock()
+        day = self.categories.local_day(now)
         retries = self.settings.send_retries
         backoff = self.settings.retry_backoff_s or (0.0,)
 
         def unit(tx: StoreTx) -> tuple[str, datetime | None]:
             current = tx.get_message(message.id)
             assert current is not None
-            tx.update_part(message.id, seq, cms_error=code, error=text, updated_at=now)
+            seqs = [seq] if seq is not None else [p.seq for p in current.part_list]
+            for s in seqs:
+                tx.update_part(message.id, s, cms_error=code, error=text, updated_at=now)
+            unsent = (
+                sum(1 for p in current.part_list if p.reference is None) if seq is not None else len(seqs)
+            )
+            tx.add_route_usage(slot.name, day, -unsent)
             attempts = current.attempts + 1
             if kind == "permanent" or attempts > retries:
-                tx.update_part(message.id, seq, status=PartStatus.FAILED)
+                for s in seqs:
+                    tx.update_part(message.id, s, status=PartStatus.FAILED)
                 tx.update_message(
                     message.id,
                     status=MessageStatus.FAILED,
@@ -376,6 +650,7 @@ class SmsDispatcher:
                     error_code=code,
                     error_kind=kind,
                     error_message=text,
+                    last_route=slot.name,
                     final_at=now,
                     updated_at=now,
                 )
@@ -400,6 +675,7 @@ class SmsDispatcher:
                 error_message=text,
                 next_attempt_at=due,
                 sent_modem=sent_modem,
+                last_route=slot.name,
                 updated_at=now,
             )
             current.status, current.sent_modem = MessageStatus.QUEUED, sent_modem
@@ -421,21 +697,25 @@ class SmsDispatcher:
         if kind == "config":
             slot.rest_until = trio.current_time() + self.settings.modem_error_pause_s
             log.error(
-                "modem refused a send for a configuration reason; resting it",
-                modem=slot.name,
+                "route refused a send for a configuration reason; resting it",
+                route=slot.name,
                 code=code,
                 error=text,
                 rest_s=self.settings.modem_error_pause_s,
             )
+        if kind in ("temporary", "config"):
+            await self._route_failed(slot)
 
-    async def _modem_unavailable(self, slot: _ModemSlot, message: Message, text: str, mlog: Any) -> None:
+    async def _modem_unavailable(self, slot: _RouteSlot, message: Message, text: str, mlog: Any) -> None:
         """Requeue for any modem: when parts already went out from this one and the client did not pin the
         message, every part is sent again from the next modem (a phone only joins parts from one sender)."""
         now = self._clock()
+        day = self.categories.local_day(now)
 
         def unit(tx: StoreTx) -> None:
             current = tx.get_message(message.id)
             assert current is not None
+            tx.add_route_usage(slot.name, day, -sum(1 for p in current.part_list if p.reference is None))
             if current.modem is None:
                 for part in current.part_list:
                     tx.update_part(
@@ -450,18 +730,29 @@ class SmsDispatcher:
                 sent_modem = None
             else:
                 sent_modem = current.sent_modem
-            tx.update_message(message.id, status=MessageStatus.QUEUED, sent_modem=sent_modem, updated_at=now)
+            tx.update_message(
+                message.id,
+                status=MessageStatus.QUEUED,
+                sent_modem=sent_modem,
+                last_route=slot.name,
+                updated_at=now,
+            )
             current.status, current.sent_modem = MessageStatus.QUEUED, sent_modem
             tx.append_event("sms.queued", current.event_data(requeued_from=slot.name))
 
         await self._store.write(unit)
         mlog.warning("modem unavailable, message requeued", error=text)
         slot.rest_until = trio.current_time() + UNAVAILABLE_PAUSE_S
+        await self._route_failed(slot)
 
-    async def _requeue_remaining(self, message: Message, mlog: Any) -> None:
+    async def _requeue_remaining(self, slot: _RouteSlot, message: Message, mlog: Any) -> None:
         now = self._clock()
+        day = self.categories.local_day(now)
 
         def unit(tx: StoreTx) -> None:
+            current = tx.get_message(message.id)
+            assert current is not None
+            tx.add_route_usage(slot.name, day, -sum(1 for p in current.part_list if p.reference is None))
             tx.update_message(message.id, status=MessageStatus.QUEUED, updated_at=now)
             message.status = MessageStatus.QUEUED
             tx.append_event("sms.queued", message.event_data(reason="stopping"))
@@ -476,6 +767,7 @@ class SmsDispatcher:
             wake = self._schedule_changed
             now = self._clock()
             await self._release_due(now)
+            self._notify_work()  # a new local day lifts daily caps; a cool-off may have ended
             due = await self._next_due(now)
             if due is None:
                 await wake.wait()
@@ -498,9 +790,12 @@ class SmsDispatcher:
             pass
         for ref in await self._store.read(lambda tx: tx.queued_refs(due_by=now)):
             if ref.due_at is not None:
-                self._enqueue(ref.message_id, ref.sent_modem or ref.modem)
+                self._enqueue(ref.message_id, ref.sent_modem or ref.modem, ref.category)
         timeout = timedelta(seconds=self.settings.reassembly_timeout_s)
-        expired = await self._store.write(lambda tx: expire_groups(tx, now - timeout, region=self.region))
+        hooks = self.inbound_hooks
+        expired = await self._store.write(
+            lambda tx: expire_groups(tx, now - timeout, region=self.region, hooks=hooks)
+        )
         for message in expired:
             log.warning(
                 "multipart message incomplete after timeout, delivered as is",
@@ -522,12 +817,14 @@ class SmsDispatcher:
 
         due, group_start = await self._store.read(query)
         candidates = [t for t in (due, self._next_housekeeping) if t is not None]
+        if any(slot.capped_day is not None for slot in self._slots.values()):
+            candidates.append(self.categories.next_local_midnight(now))  # caps reset at local midnight
         if group_start is not None:
             candidates.append(group_start + timedelta(seconds=self.settings.reassembly_timeout_s))
         return min(candidates) if candidates else None
 
     # --- receiving ----------------------------------------------------------------------------------------
-    async def _receiver(self, slot: _ModemSlot) -> None:
+    async def _receiver(self, slot: _RouteSlot) -> None:
         events = getattr(slot.modem, "events", None)
         if events is None:
             return
@@ -552,7 +849,7 @@ class SmsDispatcher:
                     "modem event could not be processed", modem=slot.name, item_type=type(item).__name__
                 )
 
-    async def _on_status(self, slot: _ModemSlot, status: ModemStatus) -> None:
+    async def _on_status(self, slot: _RouteSlot, status: ModemStatus) -> None:
         self._notify_work()
         if status.state == slot.last_state:
             return
@@ -571,7 +868,7 @@ class SmsDispatcher:
         )
         log.info("modem state changed", modem=slot.name, state=status.state, previous=previous)
 
-    async def _acknowledge(self, slot: _ModemSlot, item: Any) -> None:
+    async def _acknowledge(self, slot: _RouteSlot, item: Any) -> None:
         try:
             await slot.modem.acknowledge(item)
         except ModemUnavailable as exc:
@@ -579,13 +876,13 @@ class SmsDispatcher:
                 "could not acknowledge; the modem will report the item again", modem=slot.name, error=str(exc)
             )
 
-    async def _reject(self, slot: _ModemSlot, pdu_hex: str, error: str, item: Any) -> None:
+    async def _reject(self, slot: _RouteSlot, pdu_hex: str, error: str, item: Any) -> None:
         now = self._clock()
         await self._store.write(lambda tx: tx.insert_rejected_pdu(slot.name, pdu_hex, error, now))
         log.warning("undecodable PDU stored in rejected_pdus", modem=slot.name, error=error)
         await self._acknowledge(slot, item)
 
-    async def _on_incoming(self, slot: _ModemSlot, pdu_hex: str, item: Any) -> None:
+    async def _on_incoming(self, slot: _RouteSlot, pdu_hex: str, item: Any) -> None:
         try:
             decoded = pdu.decode(pdu_hex)
         except pdu.PduError as exc:
@@ -604,13 +901,14 @@ class SmsDispatcher:
         text = decoded.text if decoded.text is not None else (decoded.data or b"").hex().upper()
         sender_raw = decoded.number or ""
         concat = decoded.concat
+        hooks = self.inbound_hooks
 
         def unit(tx: StoreTx) -> tuple[str, Message | None]:
             if tx.inbound_pdu_seen(digest):
                 return "duplicate", None
             if concat is None or concat.total <= 1:
                 piece = ReceivedPiece(slot.name, sender_raw, text, decoded.encoding, pdu_hex, now)
-                return "received", record_received(tx, [piece], region=self.region)
+                return "received", record_received(tx, [piece], region=self.region, hooks=hooks)
             fragment = Fragment(
                 slot.name,
                 sender_raw,
@@ -624,7 +922,7 @@ class SmsDispatcher:
                 digest,
                 now,
             )
-            message = add_fragment(tx, fragment, region=self.region)
+            message = add_fragment(tx, fragment, region=self.region, hooks=hooks)
             return ("received" if message else "fragment"), message
 
         outcome, message = await self._store.write(unit)
@@ -650,7 +948,7 @@ class SmsDispatcher:
         else:
             log.info("duplicate PDU ignored", modem=slot.name)
 
-    async def _on_report(self, slot: _ModemSlot, pdu_hex: str, item: Any, decoded: Any = None) -> None:
+    async def _on_report(self, slot: _RouteSlot, pdu_hex: str, item: Any, decoded: Any = None) -> None:
         if decoded is None:
             try:
                 decoded = pdu.decode(pdu_hex)

@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass, field, fields
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
 from gateway.events import format_time
 
@@ -120,7 +120,16 @@ class Message:
     sent_at: datetime | None = None
     final_at: datetime | None = None
     received_at: datetime | None = None
+    category: str | None = None  # outgoing: sms.categories name
+    cost: float | None = None  # outgoing: estimate at submit, the actual route's cost once sent
+    provider_id: str | None = None  # outgoing via an HTTP provider: the provider's message id
+    last_route: str | None = None  # outgoing: the route of the last failed attempt (cool-off rerouting)
     part_list: list[MessagePart] = field(default_factory=list)
+
+    @property
+    def route(self) -> str:
+        """The route that sent (or is sending) it, else the one asked for, else "auto"."""
+        return self.sent_modem or self.modem or "auto"
 
     def to_json(self) -> dict[str, Any]:
         """The REST representation (times RFC 3339 UTC)."""
@@ -146,6 +155,10 @@ class Message:
                 sent_at=format_time(self.sent_at),
                 final_at=format_time(self.final_at),
                 error=self.error_json(),
+                category=self.category,
+                route=self.route,
+                cost=self.cost,
+                provider_id=self.provider_id,
             )
         else:
             out.update(
@@ -167,6 +180,7 @@ class Message:
             "client_ref": self.client_ref,
             "parts": self.parts,
             "modem": self.sent_modem or self.modem,
+            "category": self.category,
         }
         data.update(extra)
         return data
@@ -187,6 +201,8 @@ class SubmitRequest:
     report: bool | None = None  # None: the gateway's sms.report setting
     send_at: datetime | str | None = None
     client_ref: str | None = None
+    category: str | None = None  # None: sms.default_category ("care")
+    route: str | None = None  # "auto" (None), a modem name or an HTTP provider name; ``modem`` is an alias
 
     @classmethod
     def from_json(cls, body: Any) -> SubmitRequest:
@@ -204,10 +220,34 @@ class SubmitRequest:
             ("report", (bool,)),
             ("send_at", (str,)),
             ("client_ref", (str,)),
+            ("category", (str,)),
+            ("route", (str,)),
         ):
             if body.get(name) is not None and not isinstance(body[name], types):
                 raise InvalidRequest("invalid_request", f"{name!r} has the wrong type", name)
         return cls(**body)
+
+
+class SubmitPolicy(Protocol):
+    """A rule that may refuse a submit (e.g. the consent engineer's ``OptOutPolicy``).
+
+    ``check`` runs INSIDE the submit's unit of work (store worker thread: use only ``tx``, no trio, no clock)
+    with the normalised recipient and the resolved category; it refuses by raising
+    ``InvalidRequest(code, detail, field)`` (e.g. ``InvalidRequest("opted_out", ..., "to")``), which rolls the
+    unit back and reaches the client as a 422 problem."""
+
+    def check(self, tx: Any, request: SubmitRequest, e164: str, category: str) -> None: ...
+
+
+class InboundHook(Protocol):
+    """Runs INSIDE the transaction that commits an incoming message, before its ``sms.received`` event is
+    appended. It may add keys to ``data`` (the event's data: ``in_reply_to``, ``campaign_id``, ``answer``,
+    ``opt_out``) and append its own events with ``tx.append_event``. Replies the gateway must send are
+    queued with ``SmsService.submit_nowait`` (given to the hook's constructor): they are submitted in a later
+    unit, after this transaction commits, and never if it rolls back. An exception rolls back the whole
+    incoming message (the modem keeps it and reports it again): a hook raises only on a real fault."""
+
+    def on_received(self, tx: Any, message: Message, data: dict[str, Any]) -> None: ...
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from datetime import datetime
 
 from gateway.events import format_time
 from gateway.numbers import to_e164_or_none
-from gateway.sms.models import Message, MessagePart, MessageStatus, PartStatus, new_message_id
+from gateway.sms.models import InboundHook, Message, MessagePart, MessageStatus, PartStatus, new_message_id
 from gateway.store.base import Fragment, FragmentGroup, StoreTx
 
 
@@ -56,8 +56,10 @@ def record_received(
     region: str,
     incomplete: bool = False,
     expected_parts: int | None = None,
+    hooks: Sequence[InboundHook] = (),
 ) -> Message:
-    """Insert the received message with one part row per piece and append its ``sms.received`` event."""
+    """Insert the received message with one part row per piece and append its ``sms.received`` event.
+    Each ``InboundHook`` runs in between and may add keys to the event's data (see models.InboundHook)."""
     first = pieces[0]
     received_at = max(p.received_at for p in pieces)
     message = Message(
@@ -87,7 +89,10 @@ def record_received(
         ],
     )
     tx.insert_message(message)
-    tx.append_event("sms.received", received_event_data(message, parts_received=len(pieces)))
+    data = received_event_data(message, parts_received=len(pieces))
+    for hook in hooks:
+        hook.on_received(tx, message, data)
+    tx.append_event("sms.received", data)
     return message
 
 
@@ -105,7 +110,9 @@ def received_event_data(message: Message, *, parts_received: int) -> dict:
     }
 
 
-def add_fragment(tx: StoreTx, fragment: Fragment, *, region: str) -> Message | None:
+def add_fragment(
+    tx: StoreTx, fragment: Fragment, *, region: str, hooks: Sequence[InboundHook] = ()
+) -> Message | None:
     """Store one part; when the group is complete, turn it into a received message (returned)."""
     if not tx.add_fragment(fragment):
         return None  # this part of this group is already stored
@@ -113,21 +120,29 @@ def add_fragment(tx: StoreTx, fragment: Fragment, *, region: str) -> Message | N
     fragments = tx.group_fragments(group)
     if len(fragments) < group.total:
         return None
-    return _complete(tx, group, fragments, region=region, incomplete=False)
+    return _complete(tx, group, fragments, region=region, incomplete=False, hooks=hooks)
 
 
-def expire_groups(tx: StoreTx, started_before: datetime, *, region: str) -> list[Message]:
+def expire_groups(
+    tx: StoreTx, started_before: datetime, *, region: str, hooks: Sequence[InboundHook] = ()
+) -> list[Message]:
     """Deliver every group whose first part arrived at or before ``started_before``, as incomplete."""
     delivered = []
     for group in tx.groups_started_before(started_before):
         fragments = tx.group_fragments(group)
         if fragments:
-            delivered.append(_complete(tx, group, fragments, region=region, incomplete=True))
+            delivered.append(_complete(tx, group, fragments, region=region, incomplete=True, hooks=hooks))
     return delivered
 
 
 def _complete(
-    tx: StoreTx, group: FragmentGroup, fragments: list[Fragment], *, region: str, incomplete: bool
+    tx: StoreTx,
+    group: FragmentGroup,
+    fragments: list[Fragment],
+    *,
+    region: str,
+    incomplete: bool,
+    hooks: Sequence[InboundHook] = (),
 ) -> Message:
     _, _, missing = join_fragments(fragments)
     ordered = sorted(fragments, key=lambda f: f.seq)
@@ -136,7 +151,7 @@ def _complete(
         for f in ordered
     ]
     message = record_received(
-        tx, pieces, region=region, incomplete=incomplete or missing, expected_parts=group.total
+        tx, pieces, region=region, incomplete=incomplete or missing, expected_parts=group.total, hooks=hooks
     )
     tx.delete_group(group)
     return message

@@ -17,16 +17,19 @@ import base64
 import binascii
 import hashlib
 import json
+import math
 import secrets
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 import structlog
+import trio
 
 from drivers.gsm import pdu
 from gateway.events import EventBus, format_time, utc_now
 from gateway.numbers import DEFAULT_REGION, InvalidNumber, mask, normalize
+from gateway.sms.categories import Categories, UnknownCategory
 from gateway.sms.models import (
     Conflict,
     IdempotencyConflict,
@@ -37,11 +40,14 @@ from gateway.sms.models import (
     ModemView,
     NotFound,
     PartStatus,
+    SmsError,
     SmsSettings,
+    SubmitPolicy,
     SubmitRequest,
     SubmitResult,
     new_message_id,
 )
+from gateway.sms.routing import AUTO, RoutePolicy
 from gateway.store.base import IdempotencyRecord, Store, StoreTx
 
 log = structlog.get_logger("sms.service")
@@ -58,6 +64,10 @@ class QueueDepths(Protocol):
 
 
 class SmsService:
+    """``providers``: HTTP provider routes by name (``gateway.sms.http_provider.HttpSmsRoute``), next to the
+    modems; ``categories`` and ``route_policy`` default to the built-in categories (Asia/Tokyo) and the seed
+    costs; ``submit_policies`` run inside every submit's transaction (see ``SubmitPolicy``)."""
+
     def __init__(
         self,
         store: Store,
@@ -68,14 +78,61 @@ class SmsService:
         region: str = DEFAULT_REGION,
         clock: Callable[[], datetime] = utc_now,
         dispatcher: QueueDepths | None = None,
+        providers: Mapping[str, Any] | None = None,
+        categories: Categories | None = None,
+        route_policy: RoutePolicy | None = None,
+        submit_policies: Sequence[SubmitPolicy] = (),
     ):
         self._store = store
         self._bus = bus
         self._modems = modems
+        self._providers = dict(providers or {})
+        overlap = set(self._providers) & set(modems)
+        if overlap:
+            raise ValueError(f"route names used by a modem and a provider: {', '.join(sorted(overlap))}")
         self.settings = SmsSettings.from_config(settings)
         self.region = region
         self._clock = clock
         self._dispatcher = dispatcher
+        self.categories = categories or Categories.from_config(settings)
+        self.route_policy = route_policy or RoutePolicy.from_config(settings)
+        self.submit_policies = tuple(submit_policies)
+        self._deferred_send, self._deferred_receive = trio.open_memory_channel[SubmitRequest](math.inf)
+
+    def add_submit_policy(self, policy: SubmitPolicy) -> None:
+        """Add a policy after construction (the composition root builds the consent service later)."""
+        self.submit_policies = (*self.submit_policies, policy)
+
+    @property
+    def route_names(self) -> list[str]:
+        return sorted([*self._modems, *self._providers])
+
+    def route_kind(self, name: str | None) -> str:
+        """"provider" for an HTTP provider route, else "modem" (auto messages are costed as modem SMS)."""
+        return "provider" if name in self._providers else "modem"
+
+    # --- deferred submits (InboundHook replies) -----------------------------------------------------------
+    def submit_nowait(self, request: SubmitRequest) -> None:
+        """Submit ``request`` in a later unit of work, after the current transaction commits (never if it
+        rolls back). Call it from inside a unit (an InboundHook); outside one it is queued at once. The
+        submits run in ``run_deferred`` (started by the dispatcher); a refused one is logged."""
+        self._store.after_commit(lambda: self._deferred_send.send_nowait(request))
+
+    async def run_deferred(self) -> None:
+        """Submit what ``submit_nowait`` queued, one at a time, until cancelled."""
+        async for request in self._deferred_receive:
+            try:
+                result = await self.submit(request)
+            except SmsError as exc:
+                log.warning(
+                    "deferred submit refused",
+                    to=mask(request.to),
+                    category=request.category,
+                    code=getattr(exc, "code", None),
+                    error=str(exc),
+                )
+            else:
+                log.info("deferred submit queued", message_id=result.message.id, category=request.category)
 
     def attach_dispatcher(self, dispatcher: QueueDepths) -> None:
         """Let ``modems()`` report each modem's queue depth."""
@@ -84,10 +141,13 @@ class SmsService:
     # --- submit -------------------------------------------------------------------------------------------
     async def submit(self, req: SubmitRequest, *, idempotency_key: str | None = None) -> SubmitResult:
         now = self._clock()
-        message = self._prepare(req, now)
+        message, held_by_quiet_hours = self._prepare(req, now)
         fingerprint = request_fingerprint(req)
         ttl = timedelta(seconds=self.settings.idempotency_ttl_s)
         event_type = "sms.scheduled" if message.status == MessageStatus.SCHEDULED else "sms.queued"
+
+        policies = self.submit_policies
+        category = message.category or self.categories.default
 
         def unit(tx: StoreTx) -> tuple[Message, bool]:
             if idempotency_key is not None:
@@ -101,9 +161,15 @@ class SmsService:
                     first = tx.get_message(record.message_id)
                     if first is not None:
                         return first, True
+            for policy in policies:
+                policy.check(tx, req, message.to or "", category)
+            if idempotency_key is not None:
                 tx.put_idempotency(IdempotencyRecord(idempotency_key, fingerprint, message.id, now))
             tx.insert_message(message)
-            tx.append_event(event_type, message.event_data(send_at=format_time(message.send_at)))
+            extra: dict[str, Any] = {"send_at": format_time(message.send_at)}
+            if held_by_quiet_hours:
+                extra["held"] = "quiet_hours"
+            tx.append_event(event_type, message.event_data(**extra))
             return message, False
 
         stored, replayed = await self._store.write(unit)
@@ -113,12 +179,34 @@ class SmsService:
             to=mask(stored.to),
             parts=stored.parts,
             status=str(stored.status),
-            modem=stored.modem,
+            route=stored.route,
+            category=stored.category,
         )
         return SubmitResult(stored, replayed)
 
-    def _prepare(self, req: SubmitRequest, now: datetime) -> Message:
-        """Validate and build the message with its encoded parts, or raise InvalidRequest."""
+    def _resolve_route(self, req: SubmitRequest) -> str | None:
+        """The named route (a modem or provider name) or None for auto; ``modem`` is an alias of ``route``."""
+        route, modem = req.route, req.modem
+        if route is not None and not isinstance(route, str):
+            raise InvalidRequest("invalid_request", "'route' must be a string", "route")
+        if route is not None and modem is not None and route != modem:
+            raise InvalidRequest(
+                "invalid_request", "give 'route' or its alias 'modem', not two different values", "route"
+            )
+        name = route if route is not None else modem
+        if name is None or name == AUTO:
+            return None
+        if name not in self._modems and name not in self._providers:
+            known = ", ".join([AUTO, *self.route_names])
+            field = "route" if route is not None else "modem"
+            if route is None:
+                raise InvalidRequest("unknown_modem", f"no modem named {name!r} (known: {known})", field)
+            raise InvalidRequest("unknown_route", f"no route named {name!r} (known: {known})", field)
+        return name
+
+    def _prepare(self, req: SubmitRequest, now: datetime) -> tuple[Message, bool]:
+        """Validate and build the message with its encoded parts, or raise InvalidRequest. The flag is True
+        when the category's quiet hours hold the message (stored scheduled until they end)."""
         if not isinstance(req.to, str):
             raise InvalidRequest("invalid_number", "'to' must be a string", "to")
         try:
@@ -127,9 +215,13 @@ class SmsService:
             raise InvalidRequest("invalid_number", str(exc), "to") from None
         if not isinstance(req.text, str) or not req.text.strip():
             raise InvalidRequest("empty_text", "the message text is empty", "text")
-        if req.modem is not None and req.modem not in self._modems:
-            known = ", ".join(sorted(self._modems)) or "none configured"
-            raise InvalidRequest("unknown_modem", f"no modem named {req.modem!r} (known: {known})", "modem")
+        route = self._resolve_route(req)
+        if req.category is not None and not isinstance(req.category, str):
+            raise InvalidRequest("invalid_request", "'category' must be a string", "category")
+        try:
+            category = self.categories.get(req.category)
+        except UnknownCategory as exc:
+            raise InvalidRequest("unknown_category", str(exc), "category") from None
         if req.client_ref is not None and (
             not isinstance(req.client_ref, str) or len(req.client_ref) > MAX_CLIENT_REF
         ):
@@ -159,7 +251,12 @@ class SmsService:
         except pdu.EncodeError as exc:
             raise InvalidRequest("invalid_request", f"cannot encode the message: {exc}", "text") from None
         scheduled = send_at is not None and send_at > now
-        return Message(
+        # Quiet hours are checked against when the message would go out; the dispatcher checks again when
+        # it takes the message (a retry or a long queue can drift into the window).
+        held_until = self.categories.quiet_until(category.name, send_at if scheduled else now)
+        if held_until is not None:
+            send_at, scheduled = held_until, True
+        message = Message(
             id=new_message_id(),
             direction="out",
             status=MessageStatus.SCHEDULED if scheduled else MessageStatus.QUEUED,
@@ -170,7 +267,9 @@ class SmsService:
             encoding=encoded.encoding,
             to=number.e164,
             to_raw=number.raw,
-            modem=req.modem,
+            modem=route,
+            category=category.name,
+            cost=self.route_policy.cost(self.route_kind(route), route, encoded.parts),
             report=report,
             send_at=send_at,
             client_ref=req.client_ref,
@@ -186,6 +285,7 @@ class SmsService:
                 for s in encoded.segments
             ],
         )
+        return message, held_until is not None
 
     @staticmethod
     def _parse_send_at(value: datetime | str | None, now: datetime) -> datetime | None:
@@ -298,6 +398,11 @@ def request_fingerprint(req: SubmitRequest) -> str:
         "send_at": send_at,
         "client_ref": req.client_ref,
     }
+    # Only present when used, so keys stored before these fields existed still match their requests.
+    if req.category is not None:
+        body["category"] = req.category
+    if req.route is not None:
+        body["route"] = req.route
     return hashlib.sha256(json.dumps(body, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
 

@@ -98,6 +98,21 @@ class QueuedRef:
     modem: str | None  # the modem the client asked for
     sent_modem: str | None  # the modem that already sent some parts (the rest must follow on it)
     due_at: datetime | None  # send_at (scheduled) or next_attempt_at (retry)
+    category: str | None = None  # for the queue's priority
+
+
+@dataclass(frozen=True)
+class ProviderReportRecord:
+    """A delivery report an HTTP provider posted, paired by (provider, provider_id)."""
+
+    provider: str
+    provider_id: str
+    status: str  # delivered | undelivered | failed | pending
+    raw_status: str
+    error_code: str | None
+    received_at: datetime
+    message_id: str | None = None  # None: no message with that provider id (yet)
+    id: int | None = None  # row id once stored
 
 
 class StoreTx(ABC):
@@ -198,6 +213,34 @@ class StoreTx(ABC):
         """Attach a stored unmatched report to a part."""
 
 
+    # --- routing (issue 4) ---------------------------------------------------------------------------------
+    @abstractmethod
+    def route_usage(self, day: str) -> dict[str, int]:
+        """SMS parts counted per route on ``day`` (YYYY-MM-DD, gateway timezone)."""
+
+    @abstractmethod
+    def add_route_usage(self, route: str, day: str, parts: int) -> int:
+        """Add ``parts`` (negative to release) to the route's count for ``day``; returns the new count."""
+
+    @abstractmethod
+    def queued_for_reroute(self, route: str) -> list[Message]:
+        """Queued ``auto`` messages that last failed on ``route`` or whose first parts went out from it."""
+
+    @abstractmethod
+    def message_by_provider_id(self, provider: str, provider_id: str) -> Message | None: ...
+
+    @abstractmethod
+    def insert_provider_report(self, record: ProviderReportRecord) -> int:
+        """Store a report; returns its row id."""
+
+    @abstractmethod
+    def unmatched_provider_reports(self, provider: str, provider_id: str) -> list[ProviderReportRecord]:
+        """Reports for that id stored before the message's provider id was committed, oldest first."""
+
+    @abstractmethod
+    def match_provider_report(self, report_id: int, message_id: str) -> None: ...
+
+
 class Store(ABC):
     """A durable store with group-committed units of work and the event journal (``EventJournal``)."""
 
@@ -206,6 +249,11 @@ class Store(ABC):
 
     @abstractmethod
     async def read(self, query: Callable[[StoreTx], T]) -> T: ...
+
+    @abstractmethod
+    def after_commit(self, callback: Callable[[], None]) -> None:
+        """Called inside a unit of work: run ``callback`` on the trio thread once the transaction holding the
+        unit has committed, and never if the unit rolls back. Called outside a unit: run it now."""
 
     @abstractmethod
     async def close(self) -> None: ...

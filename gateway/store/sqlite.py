@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import secrets
 import sqlite3
+import threading
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -36,6 +37,7 @@ from gateway.store.base import (
     FragmentGroup,
     IdempotencyRecord,
     PartCandidate,
+    ProviderReportRecord,
     QueuedRef,
     StatusReportRecord,
     Store,
@@ -88,6 +90,10 @@ _MSG_FIELDS = (
     "sent_at",
     "final_at",
     "received_at",
+    "category",
+    "cost",
+    "provider_id",
+    "last_route",
 )
 _PART_FIELDS = (
     "seq",
@@ -142,6 +148,7 @@ class _PendingUnit:
     result: Any = None
     error: BaseException | None = None
     events: list[Event] = field(default_factory=list)
+    after_commit: list[Callable[[], None]] = field(default_factory=list)
 
 
 @dataclass
@@ -159,6 +166,13 @@ class SqliteTx(StoreTx):
         self._store = store
         self._c = conn
         self.events: list[Event] = []
+
+    @property
+    def connection(self) -> sqlite3.Connection:
+        """The transaction's connection, for feature modules' own SQL (``gateway/store/<feature>_sql.py``).
+        Use it only inside the unit of work (worker thread) and never COMMIT/ROLLBACK through it: the store
+        owns the transaction and the unit's savepoint."""
+        return self._c
 
     # --- events -------------------------------------------------------------------------------------------
     def append_event(self, type: str, data: dict[str, Any]) -> Event:
@@ -263,13 +277,72 @@ class SqliteTx(StoreTx):
         return self._attach_parts([_message_from_row(r) for r in rows])
 
     def queued_refs(self, *, due_by: datetime | None) -> list[QueuedRef]:
-        sql = "SELECT id, modem, sent_modem, next_attempt_at FROM messages WHERE status = 'queued'"
+        sql = "SELECT id, modem, sent_modem, next_attempt_at, category FROM messages WHERE status = 'queued'"
         args: list[Any] = []
         if due_by is not None:
             sql += " AND (next_attempt_at IS NULL OR next_attempt_at <= ?)"
             args.append(format_time(due_by))
         rows = self._c.execute(sql + " ORDER BY id", args).fetchall()
-        return [QueuedRef(r[0], r[1], r[2], parse_time(r[3])) for r in rows]
+        return [QueuedRef(r[0], r[1], r[2], parse_time(r[3]), r[4]) for r in rows]
+
+    # --- routing ------------------------------------------------------------------------------------------
+    def route_usage(self, day: str) -> dict[str, int]:
+        rows = self._c.execute("SELECT route, parts FROM route_usage WHERE day = ?", (day,))
+        return {r[0]: r[1] for r in rows}
+
+    def add_route_usage(self, route: str, day: str, parts: int) -> int:
+        self._c.execute(
+            "INSERT OR IGNORE INTO route_usage (route, day, parts) VALUES (?, ?, 0)", (route, day)
+        )
+        self._c.execute(
+            "UPDATE route_usage SET parts = max(parts + ?, 0) WHERE route = ? AND day = ?",
+            (parts, route, day),
+        )
+        return self._c.execute(
+            "SELECT parts FROM route_usage WHERE route = ? AND day = ?", (route, day)
+        ).fetchone()[0]
+
+    def queued_for_reroute(self, route: str) -> list[Message]:
+        rows = self._c.execute(
+            f"{_MSG_SELECT} WHERE status = 'queued' AND modem IS NULL AND (last_route = ? OR sent_modem = ?) "
+            "ORDER BY id",
+            (route, route),
+        ).fetchall()
+        return self._attach_parts([_message_from_row(r) for r in rows])
+
+    def message_by_provider_id(self, provider: str, provider_id: str) -> Message | None:
+        row = self._c.execute(
+            f"{_MSG_SELECT} WHERE sent_modem = ? AND provider_id = ? ORDER BY id DESC LIMIT 1",
+            (provider, provider_id),
+        ).fetchone()
+        return self._attach_parts([_message_from_row(row)])[0] if row else None
+
+    def insert_provider_report(self, record: ProviderReportRecord) -> int:
+        cur = self._c.execute(
+            "INSERT INTO provider_reports (provider, provider_id, status, raw_status, error_code, "
+            "received_at, message_id) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                record.provider,
+                record.provider_id,
+                record.status,
+                record.raw_status,
+                record.error_code,
+                format_time(record.received_at),
+                record.message_id,
+            ),
+        )
+        return int(cur.lastrowid or 0)
+
+    def unmatched_provider_reports(self, provider: str, provider_id: str) -> list[ProviderReportRecord]:
+        rows = self._c.execute(
+            "SELECT provider, provider_id, status, raw_status, error_code, received_at, message_id, id "
+            "FROM provider_reports WHERE provider = ? AND provider_id = ? AND message_id IS NULL ORDER BY id",
+            (provider, provider_id),
+        )
+        return [ProviderReportRecord(*r[:5], parse_time(r[5]), r[6], r[7]) for r in rows]
+
+    def match_provider_report(self, report_id: int, message_id: str) -> None:
+        self._c.execute("UPDATE provider_reports SET message_id = ? WHERE id = ?", (message_id, report_id))
 
     def scheduled_due(self, due_by: datetime) -> list[str]:
         rows = self._c.execute(
@@ -542,6 +615,8 @@ class SqliteStore(Store):
         self._batch_cutoff: datetime | None = None
         self._epoch, self._seq = epoch, seq
         self._committed_seq = self._seq
+        self._unit_running: _PendingUnit | None = None  # set while a unit's function runs
+        self._unit_thread: int | None = None
 
     @classmethod
     async def open(
@@ -673,6 +748,12 @@ class SqliteStore(Store):
                     self._committed_seq = events[-1].seq
                     for listener in self._listeners:
                         listener(events)
+                for pending in batch:
+                    for callback in pending.after_commit:
+                        try:
+                            callback()
+                        except Exception:
+                            log.exception("after-commit callback failed")
         finally:
             self._committing = False
             done, self._batch_done = self._batch_done, trio.Event()
@@ -689,6 +770,7 @@ class SqliteStore(Store):
                 conn.execute("SAVEPOINT unit")
                 tx = SqliteTx(self, conn)
                 epoch_at, seq_at = self._epoch, self._seq
+                self._unit_running, self._unit_thread = pending, threading.get_ident()
                 try:
                     pending.result = pending.fn(tx)
                 except Exception as exc:
@@ -696,10 +778,13 @@ class SqliteStore(Store):
                     conn.execute("RELEASE unit")
                     self._epoch, self._seq = epoch_at, seq_at
                     pending.error = exc
+                    pending.after_commit.clear()
                     self.stats.failed_units += 1
                 else:
                     conn.execute("RELEASE unit")
                     events.extend(tx.events)
+                finally:
+                    self._unit_running = self._unit_thread = None
             self._events_since_prune += len(events)
             if self._max_events is not None and self._events_since_prune >= PRUNE_EVERY_EVENTS:
                 SqliteTx(self, conn)._prune_events(self._max_events, self._batch_cutoff)
@@ -712,12 +797,20 @@ class SqliteStore(Store):
             error = StoreError(f"database {self.path}: commit failed: {exc}")
             for pending in batch:
                 pending.result, pending.error = None, error
+                pending.after_commit.clear()
             log.error("commit failed", path=self.path, units=len(batch), error=str(exc))
             return []
         self.stats.transactions += 1
         self.stats.units += len(batch)
         self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
         return events
+
+    def after_commit(self, callback: Callable[[], None]) -> None:
+        unit = self._unit_running
+        if unit is not None and self._unit_thread == threading.get_ident():
+            unit.after_commit.append(callback)
+        else:
+            callback()
 
     async def read(self, query: Callable[[StoreTx], T]) -> T:
         """Run ``query(tx)`` in the worker thread (serialised with commits). It must only use the tx."""
