@@ -27,7 +27,14 @@ SCOPE_SMS_SEND = "sms:send"
 SCOPE_SMS_READ = "sms:read"
 SCOPE_EVENTS_READ = "events:read"
 SCOPE_ADMIN = "admin"
-SCOPES = frozenset({SCOPE_SMS_SEND, SCOPE_SMS_READ, SCOPE_EVENTS_READ, SCOPE_ADMIN})
+SCOPE_CALLS_WRITE = "calls:write"  # voice lines (issue 5)
+SCOPE_CALLS_READ = "calls:read"
+SCOPE_RECORDINGS_READ = "recordings:read"
+SCOPE_IVR_WRITE = "ivr:write"  # IVR tree revisions (issue 6)
+SCOPE_IVR_READ = "ivr:read"
+SCOPES = frozenset({SCOPE_SMS_SEND, SCOPE_SMS_READ, SCOPE_EVENTS_READ, SCOPE_ADMIN,
+                    SCOPE_CALLS_WRITE, SCOPE_CALLS_READ, SCOPE_RECORDINGS_READ,
+                    SCOPE_IVR_WRITE, SCOPE_IVR_READ})
 
 _HASH_PREFIX = "sha256:"
 _HASH_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
