@@ -12,6 +12,7 @@ import importlib
 import re
 import time
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 import structlog
@@ -44,8 +45,10 @@ def _problem_response(problem: ApiProblem) -> TrioResponse:
     return problem.to_response(instance=request.path, request_id=request_id())
 
 
-def create_app(services: ApiServices, settings: ApiSettings | None = None) -> QuartTrio:
-    """The API application; serve it with ``api.server.serve``."""
+def create_app(services: ApiServices, settings: ApiSettings | None = None, *,
+               extra_routes: Sequence[Any] = ()) -> QuartTrio:
+    """The API application; serve it with ``api.server.serve``. ``extra_routes``: route modules (objects with
+    ``blueprint`` and ``OPENAPI_OPERATIONS``) that only a given composition has, e.g. the demo's."""
     settings = settings or ApiSettings()
     app = QuartTrio("hcrm_api")
     app.config.update(
@@ -62,7 +65,7 @@ def create_app(services: ApiServices, settings: ApiSettings | None = None) -> Qu
 
     app.register_blueprint(messages.blueprint)
     app.register_blueprint(events_ws.blueprint)
-    features = _feature_route_modules()
+    features = [*_feature_route_modules(), *extra_routes]
     for module in features:
         app.register_blueprint(module.blueprint)
     _register_operational_routes(app)

@@ -46,6 +46,19 @@ PROBLEM_CATALOGUE: dict[str, tuple[int, str]] = {
     "invalid_send_at": (422, "Invalid send_at"),
     "idempotency_key_reused": (422, "Idempotency-Key reused with a different request"),
     "invalid_request": (422, "Invalid request"),
+    # SMS platform (issue 4)
+    "unknown_category": (422, "Unknown message category"),
+    "unknown_route": (422, "Unknown route"),
+    "opted_out": (422, "The recipient opted out of this category"),
+    "invalid_category": (422, "Invalid category"),
+    "invalid_reply_rule": (422, "Invalid reply rule"),
+    "missing_variables": (422, "Template variables missing"),
+    "invalid_provider_signature": (401, "Invalid provider signature"),
+    "unmapped_report_status": (422, "Unknown delivery-report status"),
+    "invalid_report": (400, "Invalid delivery report"),
+    # voice and IVR (issues 5 and 6)
+    "line_busy": (409, "The line is busy"),
+    "invalid_ivr_tree": (422, "The IVR tree is invalid"),
     "internal_error": (500, "Internal server error"),
     "service_unavailable": (503, "Service unavailable"),
 }

@@ -19,6 +19,7 @@ from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError
 
+from gateway.ivr.service import IvrSettings
 from gateway.sms.categories import (
     DEFAULT_CATEGORIES,
     DEFAULT_CATEGORY,
@@ -26,10 +27,20 @@ from gateway.sms.categories import (
     CategorySettings,
     QuietWindow,
 )
+from gateway.sms.consent import ConsentSettings
 from gateway.sms.providers import HttpProviderEntry
+from gateway.sms.replies import ReplySettings
 from gateway.sms.routing import CoolOffSettings, CostSettings, RouteLimits
+from gateway.verify import VerificationSettings
+from gateway.voice.settings import VoiceSettings
+from gateway.webhooks import WebhookSettings
 
-SCOPES = ("sms:send", "sms:read", "events:read", "admin")
+SCOPES = ("sms:send", "sms:read", "events:read", "admin", "calls:write", "calls:read", "recordings:read",
+          "ivr:write", "ivr:read")
+Scope = Literal[
+    "sms:send", "sms:read", "events:read", "admin", "calls:write", "calls:read", "recordings:read",
+    "ivr:write", "ivr:read",
+]
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$"
 
 
@@ -63,7 +74,7 @@ class GatewaySection(_Strict):
 class TokenEntry(_Strict):
     name: Annotated[str, Field(pattern=_NAME)]
     hash: Annotated[str, Field(pattern=r"^sha256:[0-9a-f]{64}$", description="sha256:<hex> of the token")]
-    scopes: list[Literal["sms:send", "sms:read", "events:read", "admin"]] = Field(min_length=1)
+    scopes: list[Scope] = Field(min_length=1)
 
 
 class ApiSection(_Strict):
@@ -145,8 +156,27 @@ class GsmSimulatorEntry(_Strict):
     operator: str = "NTT DOCOMO"
 
 
+class HttpProviderSimulatorEntry(_Strict):
+    name: Annotated[str, Field(pattern=_NAME)] = "provider"
+    port: Annotated[int, Field(ge=0, le=65535)] = 0
+    latency: Annotated[float, Field(ge=0, le=60)] = 0.05
+    failure_rate: Annotated[float, Field(ge=0, le=1)] = 0.0
+    report_delay: Annotated[float, Field(ge=0, le=3600)] = 1.0
+    api_key: str = "demo-provider-key"
+    report_secret: str = "demo-report-secret"
+
+
+class VoiceLineSimulatorEntry(_Strict):
+    """A simulated analog line (the exchange and a far-end party) behind a simulated box or voice modem."""
+
+    line: Annotated[str, Field(pattern=_NAME)] = Field(description="the voice.lines entry it feeds")
+    country: Literal["jp", "cn", "us", "etsi"] = "jp"
+
+
 class SimulatorsSection(_Strict):
     gsm: list[GsmSimulatorEntry] = []
+    http_provider: HttpProviderSimulatorEntry | None = None
+    voice_lines: list[VoiceLineSimulatorEntry] = []
 
 
 class LoggingSection(_Strict):
@@ -163,6 +193,12 @@ class Config(_Strict):
     modems: list[ModemEntry] = []
     simulators: SimulatorsSection = SimulatorsSection()
     logging: LoggingSection = LoggingSection()
+    consent: ConsentSettings = ConsentSettings()
+    replies: ReplySettings = ReplySettings()
+    verify: VerificationSettings = VerificationSettings()
+    webhooks: WebhookSettings | None = Field(None, description="outbound webhooks; absent: off")
+    voice: VoiceSettings = VoiceSettings()
+    ivr: IvrSettings = IvrSettings()
 
     @model_validator(mode="after")
     def _unique_names(self) -> Config:

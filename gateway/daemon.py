@@ -12,7 +12,7 @@ from __future__ import annotations
 import gc
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -20,11 +20,24 @@ from typing import Any
 import structlog
 import trio
 
+from gateway.assembly import Services
 from gateway.config import Config
 from gateway.logging import configure_logging
 from gateway.sdnotify import SystemdNotifier, keep_watchdog_alive, watchdog_interval
 
 SHUTDOWN_GRACE = 4.0  # seconds; the issue's budget is 5 s from the signal to exit
+
+
+@dataclass
+class SimulatedDevices:
+    """Simulators the config asked for (demo and tests); a real deployment has none."""
+
+    gsm: dict[str, Any] = field(default_factory=dict)  # SimulatedGsmModem by simulator name
+    provider: Any = None  # HttpProviderSimulator
+    provider_url: str | None = None
+    lines: dict[str, Any] = field(default_factory=dict)  # PstnLine by voice line name
+    usb_backends: dict[str, Any] = field(default_factory=dict)  # pyusb backend by voice line name
+    voice_modems: dict[str, Any] = field(default_factory=dict)  # SimulatedVoiceModem by voice line name
 
 
 @dataclass
@@ -35,42 +48,104 @@ class Gateway:
     url: str
     store: Any
     bus: Any
-    sms: Any
-    dispatcher: Any
+    services: Services
     modems: dict[str, Any]
-    simulators: dict[str, Any] = field(default_factory=dict)
+    devices: SimulatedDevices = field(default_factory=SimulatedDevices)
     stop: trio.Event = field(default_factory=trio.Event)
     started_at: float = field(default_factory=time.time)
 
+    @property
+    def sms(self) -> Any:
+        return self.services.sms
 
-async def _start_simulators(config: Config, nursery: trio.Nursery) -> dict[str, Any]:
-    """Simulated devices named in the config (demo and tests); real deployments have none."""
-    sims: dict[str, Any] = {}
-    if not config.simulators.gsm:
-        return sims
-    from simulators.gsm_modem import SimulatedGsmModem
+    @property
+    def dispatcher(self) -> Any:
+        return self.services.dispatcher
 
-    for entry in config.simulators.gsm:
-        link = config.resolve(entry.link)
-        link.parent.mkdir(parents=True, exist_ok=True)
-        sim = SimulatedGsmModem(name=entry.name, send_latency=entry.send_latency,
-                                report_delay=entry.report_delay, operator=entry.operator)
-        await nursery.start(partial(sim.run, link=str(link)))
-        sims[entry.name] = sim
-    return sims
+    @property
+    def simulators(self) -> dict[str, Any]:
+        """The simulated GSM modems by name."""
+        return self.devices.gsm
+
+
+async def _start_simulators(config: Config, nursery: trio.Nursery) -> SimulatedDevices:
+    """Start the simulated devices named in ``config.simulators`` before the drivers that open them."""
+    found = SimulatedDevices()
+    sims = config.simulators
+    if sims.gsm:
+        from simulators.gsm_modem import SimulatedGsmModem
+
+        for entry in sims.gsm:
+            link = config.resolve(entry.link)
+            link.parent.mkdir(parents=True, exist_ok=True)
+            sim = SimulatedGsmModem(name=entry.name, send_latency=entry.send_latency,
+                                    report_delay=entry.report_delay, operator=entry.operator)
+            await nursery.start(partial(sim.run, link=str(link)))
+            found.gsm[entry.name] = sim
+    if sims.http_provider is not None:
+        from simulators.http_provider import HttpProviderSimulator
+
+        entry = sims.http_provider
+        found.provider = HttpProviderSimulator(latency=entry.latency, failure_rate=entry.failure_rate,
+                                               api_key=entry.api_key, callback_secret=entry.report_secret,
+                                               report_delay=entry.report_delay)
+        found.provider_url = await nursery.start(partial(found.provider.serve, port=entry.port))
+    lines = {line.name: line for line in config.voice.lines}
+    for entry in sims.voice_lines:
+        from simulators.pstn_line import PstnLine
+
+        line_settings = lines[entry.line]
+        pstn = PstnLine(entry.country)
+        found.lines[entry.line] = pstn
+        if line_settings.driver == "usb_box":
+            from simulators.usb_box import make_box
+
+            found.usb_backends[entry.line] = make_box(pstn, serial=line_settings.serial or "HCRM-0001",
+                                                      paced=True)
+        else:
+            from simulators.voice_modem import SimulatedVoiceModem
+
+            link = config.resolve(line_settings.port)
+            link.parent.mkdir(parents=True, exist_ok=True)
+            modem = SimulatedVoiceModem("conexant", link=str(link), audio_source=pstn.read)
+            await nursery.start(modem.run)
+            found.voice_modems[entry.line] = modem
+    return found
+
+
+def _line_devices(config: Config, sims: SimulatedDevices) -> dict[str, Any]:
+    """One LineDevice per configured voice line, over its real driver (simulated hardware for the demo)."""
+    from drivers.voice.usbbox import UsbVoiceBox
+    from drivers.voice.v253_modem import VoiceModem
+    from gateway.voice.devices import ModemLine, UsbBoxLine
+
+    devices: dict[str, Any] = {}
+    for line in config.voice.lines:
+        if line.driver == "usb_box":
+            box = UsbVoiceBox(line.name, serial=line.serial, backend=sims.usb_backends.get(line.name),
+                              tones=line.tones, cid=line.cid, audio_queue=500)
+            devices[line.name] = UsbBoxLine(box)
+        else:
+            modem = VoiceModem(line.name, str(config.resolve(line.port)), tones=line.tones, cid=line.cid)
+            devices[line.name] = ModemLine(modem)
+    return devices
 
 
 async def run_gateway(config: Config, *, task_status=trio.TASK_STATUS_IGNORED,
-                      stop: trio.Event | None = None) -> None:
-    """Run until ``stop`` is set (or the task is cancelled); ``task_status.started(Gateway)`` once serving."""
+                      stop: trio.Event | None = None, extra_routes: Sequence[Any] = ()) -> None:
+    """Run until ``stop`` is set (or the task is cancelled); ``task_status.started(Gateway)`` once serving.
+
+    ``extra_routes``: callables ``(gateway) -> route module`` (an object with ``blueprint`` and
+    ``OPENAPI_OPERATIONS``), for routes that exist only in a given composition, such as the demo's."""
+    import httpx
+
     from api.app import create_app
     from api.auth import TokenStore
     from api.server import serve
     from api.services import ApiServices, ApiSettings
     from drivers.gsm.modem import GsmModem
+    from gateway.assembly import build_services
     from gateway.events import EventBus
-    from gateway.sms.dispatcher import SmsDispatcher
-    from gateway.sms.service import SmsService
     from gateway.store.sqlite import SqliteStore
 
     log = structlog.get_logger("daemon")
@@ -82,9 +157,11 @@ async def run_gateway(config: Config, *, task_status=trio.TASK_STATUS_IGNORED,
         interval = watchdog_interval()
         if interval is not None:
             root.start_soon(keep_watchdog_alive, notifier, interval)
-        simulators = await _start_simulators(config, root)
+        sims = await _start_simulators(config, root)
         store = await SqliteStore.open(config.resolve(config.store.path),
                                        synchronous=config.store.synchronous)
+        http = httpx.AsyncClient(timeout=10.0)  # contact lookups and IVR webhooks
+        services: Services | None = None
         try:
             bus = await EventBus.open(store, max_events=config.events.journal_max_events,
                                       max_age_days=config.events.journal_max_age_days,
@@ -95,31 +172,38 @@ async def run_gateway(config: Config, *, task_status=trio.TASK_STATUS_IGNORED,
                                  send_timeout=m.send_timeout)
                 for m in config.modems
             }
-            sms = SmsService(store, bus, modems, settings=config.sms, region=config.gateway.default_region)
-            dispatcher = SmsDispatcher(store, bus, modems, settings=config.sms,
-                                       region=config.gateway.default_region, service=sms)
-            sms.attach_dispatcher(dispatcher)
-            async with trio.open_nursery() as services:
+            services = await build_services(config, store, bus, modems, _line_devices(config, sims), http)
+            async with trio.open_nursery() as running:
                 for modem in modems.values():
-                    services.start_soon(modem.run)
-                await services.start(dispatcher.run)
+                    running.start_soon(modem.run)
+                await services.start(running)
                 started_at = time.time()
+                gw = Gateway(config=config, url="", store=store, bus=bus, services=services, modems=modems,
+                             devices=sims, stop=stop, started_at=started_at)
                 app = create_app(
-                    ApiServices(sms=sms, bus=bus, tokens=TokenStore.from_config(config.api.tokens),
-                                started_at=started_at),
+                    ApiServices(sms=services.sms, bus=bus, tokens=TokenStore.from_config(config.api.tokens),
+                                started_at=started_at, templates=services.templates,
+                                verifications=services.verifications, webhooks=services.webhooks,
+                                consent=services.consent, provider_reports=services.provider_reports,
+                                voice=services.voice, ivr=services.ivr, queues=services.queues),
                     ApiSettings(max_body_bytes=config.api.max_body_bytes,
                                 ws_queue_size=config.api.ws_queue_size,
                                 ws_ping_interval=config.api.ws_ping_interval,
                                 metrics_public=config.api.metrics_public),
+                    extra_routes=[make(gw) for make in extra_routes],
                 )
                 api_stopped = trio.Event()
-                url = await services.start(partial(serve, app, config.api.host, config.api.port,
-                                                   shutdown_trigger=api_stopped.wait))
-                gw = Gateway(config=config, url=url, store=store, bus=bus, sms=sms, dispatcher=dispatcher,
-                             modems=modems, simulators=simulators, stop=stop, started_at=started_at)
+                gw.url = await running.start(partial(serve, app, config.api.host, config.api.port,
+                                                     shutdown_trigger=api_stopped.wait))
+                if sims.provider is not None:  # the simulated provider reports back to our callback
+                    name = config.simulators.http_provider.name
+                    sims.provider.callback_url = f"{gw.url}/v1/providers/{name}/reports"
                 _tune_garbage_collector()
-                log.info("gateway ready", url=url, modems=list(modems), simulators=list(simulators))
-                notifier.ready(status=f"serving {url}, {len(modems)} modem(s)")
+                log.info("gateway ready", url=gw.url, modems=list(modems),
+                         lines=[line.name for line in config.voice.lines],
+                         simulators=list(sims.gsm) + list(sims.lines))
+                notifier.ready(status=f"serving {gw.url}, {len(modems)} modem(s), "
+                                      f"{len(config.voice.lines)} line(s)")
                 task_status.started(gw)
                 await stop.wait()
 
@@ -130,13 +214,16 @@ async def run_gateway(config: Config, *, task_status=trio.TASK_STATUS_IGNORED,
                 # (request_stop), and its run() returns; whatever is still running at the deadline is
                 # cancelled, which is safe because every state change was committed before it was acted on.
                 deadline = trio.current_time() + SHUTDOWN_GRACE
-                services.cancel_scope.deadline = deadline
+                running.cancel_scope.deadline = deadline
                 with trio.move_on_at(deadline):
-                    await dispatcher.stop()
+                    await services.dispatcher.stop()
                 for modem in modems.values():
                     modem.request_stop()
         finally:
             with trio.CancelScope(shield=True):
+                if services is not None:
+                    await services.close()
+                await http.aclose()
                 await store.close()
         root.cancel_scope.cancel()
     notifier.close()
@@ -157,11 +244,12 @@ def _tune_garbage_collector() -> None:
     gc.set_threshold(50_000, 50, 100)
 
 
-async def _serve_until_signal(config: Config, on_ready: Callable[[str], None] | None) -> None:
+async def _serve_until_signal(config: Config, on_ready: Callable[[str], None] | None,
+                              extra_routes: Sequence[Any] = ()) -> None:
     stop = trio.Event()
     async with trio.open_nursery() as nursery:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-            gw = await nursery.start(partial(run_gateway, config, stop=stop))
+            gw = await nursery.start(partial(run_gateway, config, stop=stop, extra_routes=extra_routes))
             if on_ready:
                 on_ready(gw.url)
             async for signum in signals:
@@ -170,7 +258,8 @@ async def _serve_until_signal(config: Config, on_ready: Callable[[str], None] | 
                 break
 
 
-def main_blocking(config: Config, *, on_ready: Callable[[str], None] | None = None) -> int:
+def main_blocking(config: Config, *, on_ready: Callable[[str], None] | None = None,
+                  extra_routes: Sequence[Any] = ()) -> int:
     """Run the daemon in the foreground; exit code 0 on a clean signal-driven stop."""
     configure_logging(config.logging.level, config.logging.format)
     try:
@@ -179,7 +268,7 @@ def main_blocking(config: Config, *, on_ready: Callable[[str], None] | None = No
         structlog.get_logger("daemon").error("bad systemd watchdog settings", error=str(exc))
         return 1
     try:
-        trio.run(_serve_until_signal, config, on_ready)
+        trio.run(_serve_until_signal, config, on_ready, extra_routes)
     except OSError as exc:  # e.g. the API port is taken
         structlog.get_logger("daemon").error("cannot start", error=str(exc))
         return 1

@@ -51,7 +51,33 @@ EVENT_TYPES = frozenset(
         "verification.sent",
         "verification.checked",
         "webhook.dead_lettered",
+        "webhook.disabled",
         "provider.report",
+        # issue 5 (voice lines)
+        "line.state_changed",
+        "call.incoming",
+        "call.ringing",
+        "call.attempt",
+        "call.answered",
+        "call.dtmf",
+        "call.missed",
+        "call.waiting",
+        "call.ended",
+        "playback.finished",
+        "recording.ready",
+        "recording.accessed",
+        # issue 6 (IVR)
+        "ivr.entered",
+        "ivr.node",
+        "ivr.input_invalid",
+        "ivr.exhausted",
+        "ivr.published",
+        "queue.joined",
+        "queue.position",
+        "queue.left",
+        "survey.answered",
+        "survey.completed",
+        "voicemail.ready",
     }
 )
 

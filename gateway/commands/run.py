@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
 
 def demo(args: argparse.Namespace) -> int:
     from gateway.daemon import main_blocking
-    from gateway.demo import demo_config
+    from gateway.demo import DemoRoutes, demo_config
 
     if args.token is not None and len(args.token) < 8:
         print("demo: --token must be at least 8 characters", file=sys.stderr)
@@ -51,4 +51,4 @@ def demo(args: argparse.Namespace) -> int:
         print(f"hcrm-gateway demo: API at {url}  token: {token}  (every scope)", flush=True)
         print(f"  try: curl -s -H 'Authorization: Bearer {token}' {url}/v1/modems", flush=True)
 
-    return main_blocking(config, on_ready=announce)
+    return main_blocking(config, on_ready=announce, extra_routes=[DemoRoutes])
