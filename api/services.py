@@ -43,6 +43,7 @@ class ApiServices:
     voice: Any = None  # gateway.voice.service.VoiceService
     ivr: Any = None  # gateway.ivr.service.IvrService (tree revisions, sessions)
     queues: Any = None  # gateway.ivr.queue.QueueManager (operator positions)
+    call_campaigns: Any = None  # gateway.ivr.call_campaigns.CallCampaignService
 
 
 @dataclass

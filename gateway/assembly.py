@@ -15,6 +15,7 @@ import trio
 
 from gateway.config import Config
 from gateway.events import EventBus
+from gateway.ivr.call_campaigns import CallCampaignService
 from gateway.ivr.queue import QueueManager
 from gateway.ivr.service import IvrService
 from gateway.sms.categories import Categories
@@ -43,6 +44,7 @@ class Services:
     queues: QueueManager
     ivr: IvrService
     voice: VoiceService | None
+    call_campaigns: CallCampaignService | None
 
     async def start(self, nursery: trio.Nursery) -> None:
         """Start every background task the services need (the modems are started by the daemon)."""
@@ -52,6 +54,8 @@ class Services:
             await nursery.start(self.webhooks.run)
         if self.voice is not None:
             await nursery.start(self.voice.run)
+        if self.call_campaigns is not None:
+            await nursery.start(self.call_campaigns.run)
 
     async def close(self) -> None:
         for route in self.routes.values():
@@ -92,13 +96,14 @@ async def build_services(config: Config, store: Any, bus: EventBus, modems: dict
     queues = QueueManager(config.ivr.positions, publish=bus.publish)
     ivr = IvrService(store, publish=bus.publish, settings=ivr_settings(config), http=http, queues=queues)
     await ivr.start()
-    voice = None
+    voice = call_campaigns = None
     if devices:
         voice = VoiceService(store, bus, devices, voice_settings(config), on_answer=ivr.start_session,
                              http=http)
+        call_campaigns = CallCampaignService(store, voice, settings=config.call_campaigns, bus=bus, ivr=ivr)
     return Services(
         sms=sms, dispatcher=dispatcher, routes=routes,
         provider_reports=ProviderReportIntake.from_entries(store, config.sms.http_providers),
         consent=consent, templates=templates, verifications=verifications, webhooks=webhooks,
-        queues=queues, ivr=ivr, voice=voice,
+        queues=queues, ivr=ivr, voice=voice, call_campaigns=call_campaigns,
     )

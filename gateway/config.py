@@ -19,6 +19,7 @@ from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError
 
+from gateway.ivr.call_campaigns import CallCampaignSettings
 from gateway.ivr.service import IvrSettings
 from gateway.sms.categories import (
     DEFAULT_CATEGORIES,
@@ -199,6 +200,7 @@ class Config(_Strict):
     webhooks: WebhookSettings | None = Field(None, description="outbound webhooks; absent: off")
     voice: VoiceSettings = VoiceSettings()
     ivr: IvrSettings = IvrSettings()
+    call_campaigns: CallCampaignSettings = CallCampaignSettings()
 
     @model_validator(mode="after")
     def _unique_names(self) -> Config:
