@@ -60,6 +60,8 @@ PROMPT_TIMEOUT = 5.0  # seconds for "> " after AT+CMGS (python-gsmmodem uses 5 s
 FLUSH_TIMEOUT = 2.0  # seconds for the bare AT of a flush
 DRAIN_SECONDS = 0.5  # quiet time after a flush: late lines of the dropped command are discarded
 MAX_INIT_FAILURES = 3  # consecutive failed initialisations before the port is closed ("down")
+RESET_ANSWER_TIMEOUT = 15.0  # AT+CFUN=1,1 may take seconds before OK (or the port drops first)
+RESET_SETTLE_SECONDS = 5.0  # reboot time after AT+CFUN=1,1 before the first AT of the re-initialisation
 SIM_RETRY_SECONDS = 2.0  # pause between AT+CPIN? polls while the SIM is busy (faucamp #10: ready after ~7 s)
 
 
@@ -238,6 +240,7 @@ class GsmModem:
         init_retry_backoff: tuple[float, ...] = (1, 2, 5, 10, 30),
         monitor_interval: float = 30.0,
         event_buffer: int = 100,
+        reset_settle: float = RESET_SETTLE_SECONDS,
     ) -> None:
         if not init_retry_backoff:
             raise ValueError("init_retry_backoff needs at least one delay")
@@ -270,12 +273,61 @@ class GsmModem:
         self._outstanding: dict[tuple[str, int], str] = {}
         self._urc_send: trio.MemorySendChannel[UnsolicitedResult] | None = None
         self._session_was_ready = False
+        self._reset_settle = reset_settle
+        self._settle_after_serve = False  # the next re-initialisation waits for the reboot first
 
     # ---- public API ------------------------------------------------------------------------------
     def request_stop(self) -> None:
         """Finish the command in flight, then return from run()."""
         self._stop_requested = True
         self._stop_event.set()
+
+    def request_reinit(self, reason: str = "re-initialisation requested") -> None:
+        """Run the initialisation again on the open port (the same path as after a command timeout). Does
+        nothing unless the modem is ready: an initialising, down or absent modem initialises anyway."""
+        if self.status.state != "ready" or self._port is None or self._stop_requested:
+            return
+        self._log.info("reinit_requested", reason=reason)
+        self._set_status(state="initializing", last_error=reason)
+        self._unresponsive.set()
+
+    async def reset(self) -> None:
+        """Restart the modem with AT+CFUN=1,1, then initialise it again.
+
+        TS 27.007 §8.2: ``<fun>=1`` full functionality, ``<rst>=1`` reset the MT before setting it. The MT
+        forgets every volatile setting (echo, CMEE, CNMI, CPMS ...) and may lock the SIM again, so the whole
+        initialisation runs after a settle time for the reboot. A USB modem usually drops its port while it
+        reboots: the read loop then ends the session like an unplug ("absent") and the port is reopened with
+        the usual backoff. Some firmwares reboot without answering OK; that is treated as accepted.
+        Raises ModemUnavailable when the modem is not ready, and SendError(kind="config") when the modem
+        refuses the command (the session is re-initialised anyway).
+        """
+        self._require_ready()
+        async with self._lock:
+            self._require_ready()
+            try:
+                reply = await self._exchange("AT+CFUN=1,1", limit=RESET_ANSWER_TIMEOUT, watchdog=False)
+            except _NoAnswer:
+                reply = None  # rebooted before answering
+            except ModemUnavailable:
+                if self._gone is None:
+                    raise
+                self._log.info("modem_reset", answered=False, port="gone")
+                return  # the port dropped for the reboot: the run loop reopens it when it is back
+            refused = reply is not None and not reply.ok
+            if refused:
+                self._log.warning("reset_refused", answer=reply.describe())
+            else:
+                self._log.info("modem_reset", answered=reply is not None)
+                self._settle_after_serve = True
+            self.request_reinit("reset (AT+CFUN=1,1)" if not refused else "reset refused; re-initialising")
+        if refused:
+            final = reply.final
+            raise SendError(
+                final.code if final is not None else None,
+                "config",
+                f"modem {self.name} refused AT+CFUN=1,1: {reply.describe()}",
+            )
 
     async def send_pdu(self, pdu_hex: str, tpdu_length: int) -> int:
         """AT+CMGS=<tpdu_length>, the PDU after "> ", then +CMGS: <mr>. Returns TP-MR (TS 27.005 §3.5.1)."""
@@ -372,6 +424,7 @@ class GsmModem:
         self._gone = None
         self._unresponsive = trio.Event()
         self._session_was_ready = False
+        self._settle_after_serve = False
         urc_send, urc_receive = trio.open_memory_channel[UnsolicitedResult](256)
         self._urc_send = urc_send
         try:
@@ -474,6 +527,10 @@ class GsmModem:
             mark_started()
             await self._serve(urc_receive)
             self._log.warning("watchdog_reinit", reason=self.status.last_error)
+            if self._settle_after_serve:
+                # After AT+CFUN=1,1: let the MT reboot (a USB port that drops ends the session meanwhile).
+                self._settle_after_serve = False
+                await self._pause(self._reset_settle)
             await self._flush()
 
     async def _serve(self, urc_receive) -> None:

@@ -145,3 +145,25 @@ async def test_no_answer_marks_down_then_recovers(pair):
     sim.set_no_answer(False)
     await next_of(modem, ModemStatus, within=120, where=lambda s: s.state == "ready")
     assert await send_text(modem, "awake")
+
+
+async def test_reset_reboots_the_simulator_and_the_driver_initialises_it_again(nursery, tmp_path):
+    """AT+CFUN=1,1 (TS 27.007 §8.2) makes the simulator forget its volatile settings (echo, CMEE, CNMI):
+    inbound messages are only announced again because the driver re-ran its whole initialisation."""
+    link = tmp_path / "gsm0"
+    sim = SimulatedGsmModem(name="sim0", send_latency=0.05, report_delay=0.1)
+    await nursery.start(partial(sim.run, link=str(link)))
+    modem = GsmModem("gsm0", str(link), monitor_interval=3600.0, command_timeout=1.0, reset_settle=0.2)
+    await nursery.start(modem.run)
+    await until_state(modem, "ready")
+    await modem.reset()
+    resetting = await until_state(modem, "initializing")
+    assert resetting.last_error == "reset (AT+CFUN=1,1)"
+    await until_state(modem, "ready", within=30)
+    sim.inject_sms("+818011112222", "after the reset")
+    incoming = await next_of(modem, IncomingSms)
+    assert pdu.decode(incoming.pdu_hex).text == "after the reset"
+    await modem.acknowledge(incoming)
+    assert await send_text(modem, "sent after the reset")
+    assert sim.sent[-1].text == "sent after the reset"
+    modem.request_stop()

@@ -64,6 +64,7 @@ class FakeModem:
         self.pdu_received = trio.Event()
         self._awaiting_pdu = False
         self._closed = False
+        self.hang_up_on_reset = False  # a USB modem: the port vanishes while AT+CFUN=1,1 reboots it
 
     # ---- control from the test -------------------------------------------------------------------------
     def write(self, data: bytes) -> None:
@@ -131,6 +132,9 @@ class FakeModem:
         if self.scripted.get(line):
             self.write(self.scripted[line].pop(0))
             return
+        if line.upper() == "AT+CFUN=1,1" and self.hang_up_on_reset:
+            self.hang_up()
+            return
         self.write(self._answer(line))
 
     def _answer(self, line: str) -> bytes:
@@ -141,6 +145,9 @@ class FakeModem:
         if upper == "ATE0":
             self.echo = False
             return ok
+        if upper == "AT+CFUN=1,1":  # TS 27.007 §8.2 reset: factory echo (E1) again, "RDY" once rebooted
+            self.echo = True
+            return ok + b"\r\nRDY\r\n"
         if upper in self.identity:
             return f"\r\n{self.identity[upper]}\r\n".encode() + ok
         if upper == "AT+CPIN?":
@@ -534,3 +541,103 @@ def test_mask_number_hides_the_middle():
     assert mask_number("+819012345678") == "+8190****5678"
     assert mask_number("12345") == "*****"
     assert mask_number(None) == ""
+
+
+# --- reset (AT+CFUN=1,1) and requested re-initialisation ---------------------------------------------------
+def commands_after(fake: FakeModem, command: str) -> list[str]:
+    return fake.received[fake.received.index(command) + 1 :]
+
+
+async def test_reset_sends_cfun_then_settles_and_reinitialises(pty_clock, harness, link):
+    fake = harness.plug()
+    modem = await harness.start(fake, reset_settle=5.0)
+    await settled(modem)
+    started = trio.current_time()
+    await modem.reset()
+    assert fake.count("AT+CFUN=1,1") == 1
+    resetting = await wait_state(modem, "initializing")
+    assert resetting.last_error == "reset (AT+CFUN=1,1)"
+    with pytest.raises(ModemUnavailable, match="initializing"):
+        await modem.send_pdu(SUBMIT, 19)
+    await wait_state(modem, "ready")
+    assert trio.current_time() - started >= 5.0  # the reboot settle time passed before the first AT
+    # The reset modem echoes again (E1): the driver flushes, then runs the whole initialisation.
+    assert commands_after(fake, "AT+CFUN=1,1")[:3] == ["AT", "ATE0", "AT+CMEE=1"]
+    assert fake.count("ATE0") == 2 and fake.count("AT+CMGF=0") == 2
+    assert any(c.startswith("AT+CNMI=") for c in commands_after(fake, "AT+CFUN=1,1"))
+    assert await modem.send_pdu(SUBMIT, 19) == 42
+    modem.request_stop()
+
+
+async def test_reset_without_answer_is_taken_as_rebooting(pty_clock, harness, link):
+    fake = harness.plug()
+    fake.silent["AT+CFUN=1,1"] = 1  # some firmwares reboot before answering
+    modem = await harness.start(fake, reset_settle=1.0)
+    await settled(modem)
+    await modem.reset()
+    assert (await wait_state(modem, "initializing")).last_error == "reset (AT+CFUN=1,1)"
+    await wait_state(modem, "ready")
+    assert fake.count("ATE0") == 2
+    modem.request_stop()
+
+
+async def test_reset_refused_raises_config_error_and_reinitialises(pty_clock, harness, link):
+    fake = harness.plug()
+    fake.scripted["AT+CFUN=1,1"] = [b"\r\n+CME ERROR: 3\r\n"]  # TS 27.007 §9.2.1: operation not allowed
+    modem = await harness.start(fake)
+    await settled(modem)
+    with pytest.raises(SendError) as info:
+        await modem.reset()
+    assert info.value.kind == "config" and info.value.code == 3
+    assert "refused AT+CFUN=1,1" in str(info.value)
+    assert "reset refused" in (await wait_state(modem, "initializing")).last_error
+    await wait_state(modem, "ready")
+    assert fake.count("ATE0") == 2
+    modem.request_stop()
+
+
+async def test_reset_of_usb_modem_whose_port_vanishes_recovers_when_it_returns(pty_clock, harness, link):
+    fake = harness.plug()
+    fake.hang_up_on_reset = True
+    modem = await harness.start(fake, init_retry_backoff=(1, 2))
+    await settled(modem)
+    await modem.reset()  # the port dropped mid-command: that is the reboot, not an error
+    link.unlink()  # udev removes the by-id link with the device
+    await wait_state(modem, "absent")
+    rebooted = harness.plug()
+    await wait_state(modem, "ready")
+    assert rebooted.count("ATE0") == 1 and rebooted.count("AT+CFUN=1,1") == 0
+    assert await modem.send_pdu(SUBMIT, 19) == 42
+    modem.request_stop()
+
+
+async def test_reset_when_not_ready_raises_unavailable(pty_clock, harness, link):
+    modem = GsmModem("gsm0", str(link), monitor_interval=3600.0)
+    await harness.nursery.start(modem.run)
+    with pytest.raises(ModemUnavailable, match="absent"):
+        await modem.reset()
+    modem.request_stop()
+
+
+async def test_request_reinit_runs_the_initialisation_again_without_reset(pty_clock, harness, link):
+    fake = harness.plug()
+    modem = await harness.start(fake)
+    await settled(modem)
+    modem.request_reinit()
+    assert modem.status.state == "initializing"
+    assert (await wait_state(modem, "initializing")).last_error == "re-initialisation requested"
+    await wait_state(modem, "ready")
+    assert fake.count("ATE0") == 2 and fake.count("AT+CFUN=1,1") == 0
+    modem.request_reinit()  # ready again: a second request works the same way
+    await wait_state(modem, "initializing")
+    await wait_state(modem, "ready")
+    assert fake.count("ATE0") == 3
+    modem.request_stop()
+
+
+async def test_request_reinit_is_ignored_unless_ready(pty_clock, harness, link):
+    modem = GsmModem("gsm0", str(link), monitor_interval=3600.0)
+    await harness.nursery.start(modem.run)
+    modem.request_reinit()
+    assert modem.status.state == "absent"
+    modem.request_stop()
