@@ -86,6 +86,8 @@ FEATURE_ROUTE_MODULES = (
     "api.templates", "api.verifications", "api.webhooks", "api.consent", "api.providers",  # SMS platform
     "api.calls", "api.recordings", "api.history",  # voice lines (issue 5)
     "api.ivr", "api.agents", "api.call_campaigns",  # IVR (issue 6)
+    "api.campaigns",  # SMS campaigns (issue 4)
+    "api.console_routes",  # the operator console (issue 7)
 )
 
 

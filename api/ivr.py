@@ -17,7 +17,8 @@ from api import openapi
 from api.auth import SCOPE_IVR_READ, SCOPE_IVR_WRITE, requires_scope
 from api.problems import ApiProblem, FieldError
 from api.services import api_state
-from gateway.ivr.loader import Problem
+from gateway.ivr.loader import Problem, validate_text
+from gateway.ivr.model import tree_graph
 from gateway.ivr.service import IvrInvalid, IvrService, RevisionNotFound
 
 blueprint = Blueprint("ivr", __name__)
@@ -194,6 +195,24 @@ async def rollback(revision: int) -> Any:
     return await _revision_body(published.revision)
 
 
+@blueprint.get("/v1/ivr/graph")
+@requires_scope(SCOPE_IVR_READ)
+async def get_graph() -> Any:
+    """Nodes and edges of the current tree (``?revision=draft`` for the draft), for drawing it."""
+    which = request.args.get("revision", "current")
+    if which not in ("current", "draft"):
+        raise ApiProblem("invalid_parameter", "revision must be current or draft",
+                         errors=[FieldError("revision", "current or draft")])
+    row = await (_ivr().get_draft() if which == "draft" else _ivr().get_current())
+    if row is None:
+        raise ApiProblem("not_found", f"there is no {which} IVR tree")
+    result = validate_text(row.yaml, filename=f"<{which}>")
+    if result.tree is None:
+        raise ApiProblem("invalid_ivr_tree", f"the {which} tree does not validate", status=422,
+                         errors=[FieldError(f"line {p.line}", p.message) for p in result.problems])
+    return {"revision": row.revision, **tree_graph(result.tree).to_json()}
+
+
 async def _revision_body(revision: int) -> dict[str, Any]:
     row = await _ivr().get_current()
     assert row is not None and row.revision == revision
@@ -206,7 +225,23 @@ _YAML_BODY = (
     "stored exactly as sent, comments included."
 )
 
+class TreeGraphBody(_Response):
+    revision: int
+    entry: str
+    nodes: list[dict[str, Any]]
+    edges: list[dict[str, Any]]
+
+
 OPENAPI_OPERATIONS: tuple[openapi.Operation, ...] = (
+    openapi.Operation(
+        "/v1/ivr/graph",
+        "get",
+        "getIvrGraph",
+        "The tree's nodes and edges, for drawing it (?revision=current|draft)",
+        SCOPE_IVR_READ,
+        {200: (TreeGraphBody, "entry, nodes [{id, type, waits_for_caller, description}], edges")},
+        problems=(400, *_AUTH, 404, 422),
+    ),
     openapi.Operation(
         "/v1/ivr",
         "get",
