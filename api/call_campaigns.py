@@ -46,7 +46,7 @@ class CampaignView(BaseModel):
     progress: dict[str, int]
 
 
-class CampaignList(BaseModel):
+class CallCampaignList(BaseModel):
     items: list[CampaignView]
 
 
@@ -255,7 +255,7 @@ OPENAPI_OPERATIONS: tuple[openapi.Operation, ...] = (
         "listCallCampaigns",
         "Call campaigns, newest first",
         SCOPE_CALLS_READ,
-        {200: (CampaignList, "Campaigns with progress counts")},
+        {200: (CallCampaignList, "Campaigns with progress counts")},
         problems=(400, 404),
         parameters=[openapi._query("state", {"type": "string", "enum": list(_STATES)}, "Only this state")],
     ),

@@ -44,6 +44,7 @@ class ApiServices:
     ivr: Any = None  # gateway.ivr.service.IvrService (tree revisions, sessions)
     queues: Any = None  # gateway.ivr.queue.QueueManager (operator positions)
     call_campaigns: Any = None  # gateway.ivr.call_campaigns.CallCampaignService
+    campaigns: Any = None  # gateway.sms.campaigns.CampaignService (SMS campaigns)
 
 
 @dataclass

@@ -18,6 +18,7 @@ from gateway.events import EventBus
 from gateway.ivr.call_campaigns import CallCampaignService
 from gateway.ivr.queue import QueueManager
 from gateway.ivr.service import IvrService
+from gateway.sms.campaigns import CampaignService
 from gateway.sms.categories import Categories
 from gateway.sms.consent import ConsentService, OptOutKeywordHook, OptOutPolicy
 from gateway.sms.dispatcher import SmsDispatcher
@@ -39,6 +40,7 @@ class Services:
     provider_reports: ProviderReportIntake
     consent: ConsentService
     templates: TemplateStore
+    campaigns: CampaignService
     verifications: VerificationService
     webhooks: WebhookService | None
     queues: QueueManager
@@ -49,6 +51,7 @@ class Services:
     async def start(self, nursery: trio.Nursery) -> None:
         """Start every background task the services need (the modems are started by the daemon)."""
         await nursery.start(self.dispatcher.run)
+        await nursery.start(self.campaigns.run)
         await nursery.start(self.verifications.run)
         if self.webhooks is not None:
             await nursery.start(self.webhooks.run)
@@ -91,6 +94,8 @@ async def build_services(config: Config, store: Any, bus: EventBus, modems: dict
     templates = TemplateStore(store, categories=categories.names(),
                               default_price_per_part=str(config.sms.costs.modem_part))
     await templates.seed()
+    campaigns = CampaignService(store, bus, sms, templates, dispatcher=dispatcher,
+                                reply_rules=ReplyRules(store), settings=config.campaigns)
     verifications = VerificationService(store, sms, templates, settings=config.verify, region=region)
     webhooks = WebhookService(store, bus, config.webhooks) if config.webhooks is not None else None
     queues = QueueManager(config.ivr.positions, publish=bus.publish)
@@ -104,6 +109,7 @@ async def build_services(config: Config, store: Any, bus: EventBus, modems: dict
     return Services(
         sms=sms, dispatcher=dispatcher, routes=routes,
         provider_reports=ProviderReportIntake.from_entries(store, config.sms.http_providers),
-        consent=consent, templates=templates, verifications=verifications, webhooks=webhooks,
+        consent=consent, templates=templates, campaigns=campaigns, verifications=verifications,
+        webhooks=webhooks,
         queues=queues, ivr=ivr, voice=voice, call_campaigns=call_campaigns,
     )

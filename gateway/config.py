@@ -21,6 +21,7 @@ from ruamel.yaml.error import MarkedYAMLError
 
 from gateway.ivr.call_campaigns import CallCampaignSettings
 from gateway.ivr.service import IvrSettings
+from gateway.sms.campaigns import CampaignSettings
 from gateway.sms.categories import (
     DEFAULT_CATEGORIES,
     DEFAULT_CATEGORY,
@@ -78,6 +79,13 @@ class TokenEntry(_Strict):
     scopes: list[Scope] = Field(min_length=1)
 
 
+class DbTokensSection(_Strict):
+    """``api.db_tokens``: how the daemon follows tokens issued and revoked with the ``token`` command."""
+
+    refresh_interval: Annotated[float, Field(ge=0.1, le=60)] = 1.0  # seconds between token-version checks
+    last_used_interval: Annotated[float, Field(ge=1, le=3600)] = 60.0  # seconds between last-use writes
+
+
 class ApiSection(_Strict):
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)] = 8080
@@ -86,6 +94,8 @@ class ApiSection(_Strict):
     ws_ping_interval: Annotated[float, Field(gt=0, le=300)] = 20.0
     metrics_public: bool = Field(False, description="serve /metrics without a token")
     tokens: list[TokenEntry] = []
+    db_tokens: DbTokensSection = Field(default_factory=lambda: DbTokensSection(),
+                                       description="tokens issued with `hcrm-gateway token create`")
 
 
 class StoreSection(_Strict):
@@ -201,6 +211,7 @@ class Config(_Strict):
     voice: VoiceSettings = VoiceSettings()
     ivr: IvrSettings = IvrSettings()
     call_campaigns: CallCampaignSettings = CallCampaignSettings()
+    campaigns: CampaignSettings = CampaignSettings()
 
     @model_validator(mode="after")
     def _unique_names(self) -> Config:

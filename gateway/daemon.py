@@ -140,9 +140,9 @@ async def run_gateway(config: Config, *, task_status=trio.TASK_STATUS_IGNORED,
     import httpx
 
     from api.app import create_app
-    from api.auth import TokenStore
     from api.server import serve
     from api.services import ApiServices, ApiSettings
+    from api.token_db import DbTokenSettings, DbTokenStore
     from drivers.gsm.modem import GsmModem
     from gateway.assembly import build_services
     from gateway.events import EventBus
@@ -173,7 +173,11 @@ async def run_gateway(config: Config, *, task_status=trio.TASK_STATUS_IGNORED,
                 for m in config.modems
             }
             services = await build_services(config, store, bus, modems, _line_devices(config, sims), http)
+            # Config tokens plus those issued with `hcrm-gateway token create`, followed while running.
+            tokens = DbTokenStore.from_config(
+                config.api.tokens, store, settings=DbTokenSettings(**config.api.db_tokens.model_dump()))
             async with trio.open_nursery() as running:
+                await running.start(tokens.run)
                 for modem in modems.values():
                     running.start_soon(modem.run)
                 await services.start(running)
@@ -181,12 +185,13 @@ async def run_gateway(config: Config, *, task_status=trio.TASK_STATUS_IGNORED,
                 gw = Gateway(config=config, url="", store=store, bus=bus, services=services, modems=modems,
                              devices=sims, stop=stop, started_at=started_at)
                 app = create_app(
-                    ApiServices(sms=services.sms, bus=bus, tokens=TokenStore.from_config(config.api.tokens),
+                    ApiServices(sms=services.sms, bus=bus, tokens=tokens,
                                 started_at=started_at, templates=services.templates,
                                 verifications=services.verifications, webhooks=services.webhooks,
                                 consent=services.consent, provider_reports=services.provider_reports,
                                 voice=services.voice, ivr=services.ivr, queues=services.queues,
-                                call_campaigns=services.call_campaigns),
+                                call_campaigns=services.call_campaigns,
+                                campaigns=services.campaigns),
                     ApiSettings(max_body_bytes=config.api.max_body_bytes,
                                 ws_queue_size=config.api.ws_queue_size,
                                 ws_ping_interval=config.api.ws_ping_interval,
