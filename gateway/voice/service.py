@@ -591,9 +591,15 @@ class VoiceService:
                 "url": f"/v1/recordings/{rec_id}",
             }
 
+            captured = writer.samples > 0
+
             def unit(tx) -> None:
                 voice_sql.finish_recording(tx, rec_id, ended_at, round(writer.seconds, 3))
-                tx.append_event("recording.ready", payload)
+                if captured:  # nothing captured (the call ended first): no file, no recording.ready
+                    tx.append_event("recording.ready", payload)
+
+            if not captured:
+                path.unlink(missing_ok=True)
 
             with trio.CancelScope(shield=True):
                 await self.store.write(unit)
