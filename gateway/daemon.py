@@ -253,15 +253,29 @@ def _tune_garbage_collector() -> None:
 async def _serve_until_signal(config: Config, on_ready: Callable[[str], None] | None,
                               extra_routes: Sequence[Any] = ()) -> None:
     stop = trio.Event()
+    log = structlog.get_logger("daemon")
     async with trio.open_nursery() as nursery:
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             gw = await nursery.start(partial(run_gateway, config, stop=stop, extra_routes=extra_routes))
             if on_ready:
                 on_ready(gw.url)
             async for signum in signals:
-                structlog.get_logger("daemon").info("signal", signal=signal.Signals(signum).name)
+                log.info("signal", signal=signal.Signals(signum).name)
+                if signum == signal.SIGHUP:
+                    await _reload_ivr(gw)
+                    continue
                 stop.set()
                 break
+
+
+async def _reload_ivr(gw: Gateway) -> None:
+    """SIGHUP: a file-based deployment reloads its IVR tree with the same validation as a publish; a broken
+    file changes nothing (the IVR service logs every problem with its line and column)."""
+    tree_file = gw.config.ivr.tree_file
+    if tree_file is None:
+        structlog.get_logger("daemon").info("SIGHUP ignored: no ivr.tree_file to reload")
+        return
+    await gw.services.ivr.reload_from_file(tree_file)
 
 
 def main_blocking(config: Config, *, on_ready: Callable[[str], None] | None = None,
