@@ -173,7 +173,7 @@ async def send_dtmf(call_id: str) -> Any:
 async def start_playback(call_id: str) -> Any:
     body: PlaybackRequest = await parse_json_body(PlaybackRequest)
     playback_id = await _act(_voice().start_playback(call_id, body.prompts))
-    return json_response({"id": playback_id, "call_id": call_id}, 201)
+    return json_response({"id": playback_id, "call_id": call_id}, 202)
 
 
 @blueprint.delete("/v1/calls/<call_id>/playbacks/<playback_id>")
@@ -311,7 +311,7 @@ OPENAPI_OPERATIONS: tuple[openapi.Operation, ...] = (
         "startPlayback",
         "Play prompts",
         SCOPE_CALLS_WRITE,
-        {201: (Created, "Playback started")},
+        {202: (Created, "Playback accepted: playback.finished tells when it ends")},
         problems=(404, 409, 415, 422),
         request=PlaybackRequest,
         parameters=[_CALL_ID],

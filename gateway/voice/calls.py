@@ -19,9 +19,7 @@ import trio
 from gateway.events import format_time, utc_now
 from gateway.voice.devices import DeviceUnavailable, LineDevice
 from gateway.voice.line import Caller
-from gateway.voice.media import PromptCache, RecordingInfo, RecordingWriter, beep
-
-_SILENCE_RMS = 10 ** (-45 / 20)  # about -45 dBFS: quieter than this counts as silence when recording
+from gateway.voice.media import PromptCache, RecordingInfo, RecordingWriter, beep, frame_is_loud
 
 
 class CallEnded(Exception):
@@ -55,7 +53,13 @@ class CallControl(Protocol):
         inter_timeout: float,
     ) -> str: ...
     async def record(
-        self, path: Path, *, max_seconds: float, silence_end_s: float | None, beep: bool = True
+        self,
+        path: Path,
+        *,
+        max_seconds: float,
+        silence_end_s: float | None,
+        beep: bool = True,
+        finish_keys: str = "#",
     ) -> float: ...
     async def bridge(self, position: str) -> None: ...
     async def unbridge(self) -> None: ...
@@ -122,6 +126,7 @@ class Call:
         self._digits: list[str] = []
         self._digit_arrived = trio.Event()
         self._answered_clock: float | None = None
+        self.playing = 0  # playbacks in progress: the far end is listening, its silence is expected
 
     # -- identity
     @property
@@ -202,12 +207,13 @@ class Call:
         if self.ended.is_set():
             raise CallEnded(self.id, self.cause)
 
-    async def _next_digit(self, keys: str | None = None) -> str:
-        """The first buffered digit (in ``keys`` when given: others stay buffered), waiting for one."""
+    async def _next_digit(self, keys: str | None = None, *, skip: int = 0) -> str:
+        """The first buffered digit (in ``keys`` when given: others stay buffered), waiting for one.
+        ``skip``: the first ``skip`` buffered digits are not looked at (pressed before anyone asked)."""
         while True:
             self._check()
             for i, d in enumerate(self._digits):
-                if keys is None or d in keys:
+                if i >= skip and (keys is None or d in keys):
                     return self._digits.pop(i)
             await self._digit_arrived.wait()
 
@@ -225,6 +231,15 @@ class Call:
         """Play audio already at the line format; returns the interrupting key, if any."""
         self._check()
         pressed: list[str] = []
+        self.playing += 1
+        try:
+            await self._play_until(samples, interrupt_keys, pressed)
+        finally:
+            self.playing -= 1
+        self._check()
+        return pressed[0] if pressed else None
+
+    async def _play_until(self, samples: np.ndarray, interrupt_keys: str, pressed: list[str]) -> None:
         async with trio.open_nursery() as nursery:
 
             async def playing() -> None:
@@ -249,8 +264,6 @@ class Call:
             nursery.start_soon(end)
             if interrupt_keys:
                 nursery.start_soon(keys)
-        self._check()
-        return pressed[0] if pressed else None
 
     async def collect(
         self,
@@ -278,27 +291,36 @@ class Call:
         return got
 
     async def record(
-        self, path: Path, *, max_seconds: float, silence_end_s: float | None, beep: bool = True
+        self,
+        path: Path,
+        *,
+        max_seconds: float,
+        silence_end_s: float | None,
+        beep: bool = True,
+        finish_keys: str = "#",
     ) -> float:
-        """Record what the caller says (after a beep) until ``max_seconds``, ``silence_end_s`` of silence
-        or the caller hangs up; returns the seconds recorded (trailing silence included)."""
+        """Record what the caller says (after a beep) until ``max_seconds``, ``silence_end_s`` of silence,
+        a key of ``finish_keys`` or the caller hangs up; returns the seconds recorded (trailing silence
+        included). The finishing key is consumed (it is not type-ahead for the next ``collect``); keys
+        pressed before the recording started never finish it and stay buffered, as do other keys."""
         self._check()
         if beep:
             await self.play_samples(_BEEP)
         info = RecordingInfo(self.id, self.line, self.direction, self.number, format_time(utc_now()))
         writer = RecordingWriter(Path(path), info)
         tap = self.device.audio()
+        typed_before = len(self._digits)
         quiet = 0
         try:
             with trio.move_on_after(max_seconds):
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(_cancel_when, self.ended, nursery.cancel_scope)
+                    nursery.start_soon(cancel_when, self.ended, nursery.cancel_scope)
+                    if finish_keys:
+                        scope = nursery.cancel_scope
+                        nursery.start_soon(self._finish_on_key, finish_keys, typed_before, scope)
                     async for frame in tap:
                         await writer.write(frame)
-                        loud = (
-                            float(np.sqrt(np.mean(np.square(frame)))) >= _SILENCE_RMS if frame.size else False
-                        )
-                        quiet = 0 if loud else quiet + frame.size
+                        quiet = 0 if frame_is_loud(frame) else quiet + frame.size
                         if silence_end_s is not None and quiet >= silence_end_s * 8000:
                             break
                     nursery.cancel_scope.cancel()
@@ -306,6 +328,13 @@ class Call:
             tap.close()
             await writer.close()
         return writer.seconds
+
+    async def _finish_on_key(self, keys: str, skip: int, scope: trio.CancelScope) -> None:
+        try:
+            await self._next_digit(keys, skip=skip)
+        except CallEnded:
+            pass
+        scope.cancel()
 
     async def bridge(self, position: str) -> None:
         self._check()
@@ -347,7 +376,7 @@ class Call:
             self.mark_ended(cause)
 
 
-async def _cancel_when(event: trio.Event, scope: trio.CancelScope) -> None:
+async def cancel_when(event: trio.Event, scope: trio.CancelScope) -> None:
     await event.wait()
     scope.cancel()
 

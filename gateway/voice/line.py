@@ -169,6 +169,9 @@ class LineMachine:
         self.announced = False
         self._ring_deadline: float | None = None
         self._connected_at = 0.0
+        self.held = False  # reserved for the dialler between outbound attempts (see hold())
+        self._released_while_held = False
+        self.held_ring_quiet_at: float | None = None  # when ringing heard while held counts as over
 
     # -- time
     def deadline(self) -> float | None:
@@ -186,6 +189,11 @@ class LineMachine:
         if isinstance(event, DeviceReady):
             return [DeviceBack(event.profile), *self._to("idle")] if self.state == "down" else []
         if self.state == "down":
+            return []
+        if self.held and isinstance(event, Ring | CallerId | CallerIdText):
+            # Reserved for the dialler: a ring is not a new call (going off hook now would answer it, so
+            # the dialler waits for ``held_ring_quiet_at`` before it seizes the line again).
+            self.held_ring_quiet_at = now + self.ring_gap_s
             return []
         if isinstance(event, Ring):
             return self._ring(now)
@@ -254,7 +262,20 @@ class LineMachine:
     # -- our own commands
     def seized(self) -> list[Notice]:
         """We went off hook (to answer, or to dial)."""
+        self._released_while_held = False
         return self._to("offhook")
+
+    def hold(self) -> list[Notice]:
+        """Reserve the line for an outbound sequence: until :meth:`unhold`, rings and caller ID are not
+        taken as a new call and going on hook between attempts does not make the line ``idle``."""
+        self.held, self._released_while_held, self.held_ring_quiet_at = True, False, None
+        return []
+
+    def unhold(self) -> list[Notice]:
+        """The outbound sequence is over (answered, given up or cancelled)."""
+        was_released = self.held and self._released_while_held
+        self.held, self._released_while_held, self.held_ring_quiet_at = False, False, None
+        return self.released() if was_released else []
 
     def dialling(self) -> list[Notice]:
         return self._to("dialling")
@@ -264,7 +285,10 @@ class LineMachine:
         return self._to("connected")
 
     def released(self) -> list[Notice]:
-        """We went on hook: the line is free again (unless the device is gone)."""
+        """We went on hook: the line is free again (unless the device is gone, or it is held)."""
+        if self.held:
+            self._released_while_held = True
+            return []
         return [] if self.state == "down" else self._to("idle")
 
     def _to(self, new: str) -> list[Notice]:

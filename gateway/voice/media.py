@@ -24,6 +24,12 @@ import soxr
 import trio
 
 RATE = 8000
+SILENCE_RMS = 10 ** (-45 / 20)  # about -45 dBFS: a received frame quieter than this counts as silence
+
+
+def frame_is_loud(frame: np.ndarray) -> bool:
+    """True when a received frame carries more than line noise (speech, tones, key presses)."""
+    return bool(frame.size) and float(np.sqrt(np.mean(np.square(frame, dtype=np.float64)))) >= SILENCE_RMS
 
 
 class PromptError(ValueError):

@@ -25,8 +25,8 @@ from gateway.events import format_time, utc_now
 from gateway.numbers import to_e164_or_none
 from gateway.sms.models import new_message_id
 from gateway.store import voice_sql
-from gateway.voice import dialer
-from gateway.voice.calls import Attempt, Call, CallEnded, CallError
+from gateway.voice import dialer, recovery
+from gateway.voice.calls import Attempt, Call, CallEnded, CallError, cancel_when
 from gateway.voice.devices import DeviceUnavailable, LineDevice
 from gateway.voice.line import (
     Announce,
@@ -41,7 +41,7 @@ from gateway.voice.line import (
     ToneHeard,
     Waiting,
 )
-from gateway.voice.media import PromptCache, PromptError, RecordingInfo, RecordingWriter
+from gateway.voice.media import PromptCache, PromptError, RecordingInfo, RecordingWriter, frame_is_loud
 from gateway.voice.settings import LineSettings, VoiceSettings
 
 log = structlog.get_logger("voice")
@@ -112,13 +112,20 @@ class VoiceService:
     # ================================================================================== running
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         await self.store.write(lambda tx: voice_sql.end_interrupted_calls(tx, format_time(utc_now())))
-        async with trio.open_nursery() as nursery:
-            if self._http is None and self.settings.contact_lookup_url is not None:
-                self._http = httpx.AsyncClient(timeout=self.settings.contact_lookup_timeout_s)
-            for line in self.lines.values():
-                await nursery.start(line.device.run)
-                nursery.start_soon(self._serve_line, line)
-            task_status.started()
+        await recovery.recover_recordings(self.store)
+        own_http = self._http is None and self.settings.contact_lookup_url is not None
+        if own_http:
+            self._http = httpx.AsyncClient(timeout=self.settings.contact_lookup_timeout_s)
+        try:
+            async with trio.open_nursery() as nursery:
+                for line in self.lines.values():
+                    await nursery.start(line.device.run)
+                    nursery.start_soon(self._serve_line, line)
+                task_status.started()
+        finally:
+            if own_http:
+                with trio.CancelScope(shield=True):
+                    await self._http.aclose()
 
     async def _serve_line(self, line: _Line) -> None:
         async with trio.open_nursery() as nursery:
@@ -282,6 +289,8 @@ class VoiceService:
     async def _after_answer(self, line: _Line, call: Call, *, record: bool) -> None:
         if record or self.settings.record_all:
             line.nursery.start_soon(self._record_call, line, call, None)
+        if self.settings.silence_hangup_s is not None:
+            line.nursery.start_soon(self._hang_up_on_silence, line, call, self.settings.silence_hangup_s)
         if self.on_answer is not None:
             line.nursery.start_soon(self._run_hook, call)
 
@@ -293,6 +302,27 @@ class VoiceService:
         except Exception:
             log.exception("answer_hook_failed", call_id=call.id)
             await call.hangup("ivr_error")
+
+    async def _hang_up_on_silence(self, line: _Line, call: Call, limit_s: float) -> None:
+        """Hang up a connected call after ``limit_s`` of received silence (the far end left and the
+        exchange gave no clear-down signal). Silence is counted in line time (received samples), so a box
+        that stops delivering audio never counts as silence; audio received while a prompt plays is not
+        silence either (a listening caller is quiet)."""
+        tap = line.device.audio()
+        quiet = 0
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(cancel_when, call.ended, nursery.cancel_scope)
+                async for frame in tap:
+                    quiet = 0 if call.playing or frame_is_loud(frame) else quiet + frame.size
+                    if quiet >= limit_s * 8000:
+                        break
+                nursery.cancel_scope.cancel()
+        finally:
+            tap.close()
+        if quiet >= limit_s * 8000 and not call.ended.is_set():
+            log.info("silence_hangup", call_id=call.id, seconds=limit_s)
+            await self._end(line, call, "silence")
 
     async def _hangup_request(self, call: Call, cause: str) -> None:
         line = self.lines[call.line]
@@ -369,6 +399,7 @@ class VoiceService:
         if ivr_entry:
             call.vars["ivr_entry"] = ivr_entry
         chosen.call = call
+        chosen.machine.hold()  # from now on a ring on this line is not a new call (until the sequence ends)
         await self._save(call)
         timeout = timeout_s or self.settings.no_answer_timeout_s
         chosen.nursery.start_soon(
@@ -407,18 +438,50 @@ class VoiceService:
         record: bool,
         timeout_s: float,
     ) -> None:
+        try:
+            await self._dial_sequence(line, call, numbers, prompts, record, timeout_s)
+        finally:
+            with trio.CancelScope(shield=True):
+                for notice in line.machine.unhold():
+                    await self._on_notice(line, notice)
+
+    async def _until_rings_stop(self, line: _Line, call: Call, limit_s: float) -> None:
+        """Before seizing a held line again: if the exchange rang it between attempts, wait until that
+        ringing is over (going off hook would answer the caller instead of getting dial tone), at most
+        ``limit_s``."""
+        with trio.move_on_after(limit_s):
+            while (quiet_at := line.machine.held_ring_quiet_at) is not None and not call.ended.is_set():
+                if trio.current_time() >= quiet_at:
+                    return
+                with trio.move_on_at(quiet_at):
+                    await call.ended.wait()
+
+    async def _dial_sequence(
+        self,
+        line: _Line,
+        call: Call,
+        numbers: list[tuple[str, str]],
+        prompts: list[Path],
+        record: bool,
+        timeout_s: float,
+    ) -> None:
         verdict = dialer.Verdict("failed")
         for seq, (number, digits) in enumerate(numbers):
             if call.ended.is_set():
                 return
             if seq:
-                await trio.sleep(self.timings.clear_s)  # on hook long enough for the exchange to clear down
+                with trio.move_on_after(self.timings.clear_s):  # on hook long enough for the exchange
+                    await call.ended.wait()  # to clear down (or the call is cancelled meanwhile)
+            await self._until_rings_stop(line, call, self.settings.no_answer_timeout_s)
+            if call.ended.is_set():
+                return
             attempt = Attempt(number, to_e164_or_none(number, self.settings.region))
             call.attempts.append(attempt)
             verdict = await self._attempt(line, call, digits, timeout_s)
             attempt.result, attempt.ended_at = verdict.result, format_time(utc_now())
             event = {**self._ids(call), "number": number, "seq": seq + 1, "result": verdict.result}
             if verdict.result == "answered":
+                line.machine.unhold()  # the call holds the line now; its hang-up frees it
                 for notice in line.machine.connected(trio.current_time()):
                     await self._on_notice(line, notice)
                 call.mark_answered(verdict.answered_by or "unknown", verdict.confidence)

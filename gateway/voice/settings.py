@@ -35,6 +35,9 @@ class VoiceSettings(BaseModel):
     dialtone_timeout_s: float = Field(default=3.0, gt=0)
     no_answer_timeout_s: float = Field(default=30.0, gt=0)
     clear_s: float = Field(default=1.0, ge=0.6)
+    # A connected call whose far end sends nothing louder than about -45 dBFS for this long is hung up
+    # with cause ``silence`` (a caller who left without the exchange clearing down); None: never.
+    silence_hangup_s: float | None = Field(default=60.0, gt=0)
     contact_lookup_url: HttpUrl | None = None  # GET ?number=<e164>&line=<line> -> {name, patient_id}
     contact_lookup_timeout_s: float = Field(default=0.3, gt=0, le=5)
     recent_calls: int = Field(default=200, ge=1)  # ended calls kept in memory for GET /v1/calls/{id}

@@ -81,6 +81,7 @@ async def test_calls_api_end_to_end(tmp_path):
                 assert placed.headers["Location"] == f"/v1/calls/{call_id}"
                 answered = await until(sub, "call.answered")
                 assert answered["call_id"] == call_id and answered["answered_by"] == "polarity"
+                await trio.sleep(1.0)  # let audio reach the recording: one that captured nothing is dropped
                 connected = await c.get("/v1/calls", params={"state": "connected"}, headers=auth())
                 assert [x["id"] for x in connected.json()["items"]] == [call_id]
                 dtmf = await c.post(f"/v1/calls/{call_id}/dtmf", headers=auth(), json={"digits": "12"})

@@ -43,15 +43,27 @@ class Gateway:
 
 
 @asynccontextmanager
-async def usb_gateway(tmp_path: Path, line: PstnLine, *, tones: str = "jp", on_answer=None, **line_options):
+async def usb_gateway(
+    tmp_path: Path,
+    line: PstnLine,
+    *,
+    tones: str = "jp",
+    on_answer=None,
+    voice: dict | None = None,
+    **line_options,
+):
+    """``voice``: VoiceSettings overrides; the other keywords are the line's LineSettings."""
     backend = make_box(line)
     box = UsbVoiceBox("line1", backend=backend, tones=tones, reconnect_backoff=BACKOFF, audio_queue=500)
     settings = VoiceSettings(
-        lines=[LineSettings(name="line1", driver="usb_box", tones=tones, **line_options)],
-        recordings_dir=tmp_path / "rec",
-        dialtone_timeout_s=5.0,
-        no_answer_timeout_s=4.0,
-        clear_s=0.6,
+        **{
+            "lines": [LineSettings(name="line1", driver="usb_box", tones=tones, **line_options)],
+            "recordings_dir": tmp_path / "rec",
+            "dialtone_timeout_s": 5.0,
+            "no_answer_timeout_s": 4.0,
+            "clear_s": 0.6,
+            **(voice or {}),
+        }
     )
     store = await SqliteStore.open(tmp_path / "gw.sqlite3")
     try:

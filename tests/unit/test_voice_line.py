@@ -128,3 +128,27 @@ def test_progress_judge_and_dial_string():
     assert dial_string("+81312345678") == "0312345678"
     assert dial_string("090-1234-5678") == "09012345678"
     assert dial_string("+8613800138000", "JP") == "0108613800138000"
+
+
+def test_a_held_line_takes_no_ring_as_a_call_and_stays_reserved_between_attempts():
+    m = machine()
+    m.hold()
+    assert [type(n) for n in m.seized()] == [StateChanged]  # idle -> offhook for the first attempt
+    m.dialling()
+    assert m.released() == []  # on hook between attempts: still the dialler's, not idle
+    assert m.state == "dialling"
+    assert m.feed(Ring(), 10.0) == [] and m.feed(CID, 10.5) == []
+    assert m.state == "dialling" and m.held_ring_quiet_at == 10.5 + m.ring_gap_s
+    notices = m.unhold()  # the sequence ended on hook: now the line is free
+    assert notices == [StateChanged("dialling", "idle")] and not m.held
+    assert any(isinstance(n, Announce) for n in m.feed(CID, 20.0))  # and rings are calls again
+
+
+def test_unhold_after_an_answer_leaves_the_call_its_line():
+    m = machine()
+    m.hold()
+    m.seized()
+    m.dialling()
+    assert m.unhold() == []
+    m.connected(1.0)
+    assert m.state == "connected" and m.released() == [StateChanged("connected", "idle")]
