@@ -21,6 +21,7 @@ Semantics the YAML leaves open, decided here:
 from __future__ import annotations
 
 import datetime as dt
+import inspect
 import itertools
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -565,8 +566,11 @@ class IvrSession:
         await trio.Path(folder).mkdir(parents=True, exist_ok=True)
         stamp = self.clock().astimezone(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
         path = await trio.to_thread.run_sync(_free_path, folder, f"{stamp}-{self.call.id}")
+        options: dict[str, Any] = {}
+        if _accepts(self.call.record, "finish_keys"):  # always passed: [] must turn the call's default off
+            options["finish_keys"] = "".join(node.finish_keys)  # a call without it ends by silence/hangup
         seconds = await self.call.record(
-            path, max_seconds=node.max_length, silence_end_s=node.silence_end, beep=node.beep
+            path, max_seconds=node.max_length, silence_end_s=node.silence_end, beep=node.beep, **options
         )
         if seconds > 0:
             await self._emit(
@@ -662,6 +666,14 @@ class IvrSession:
             self.outcome = "bridged"
             return None, result
         return node.on_overflow, result
+
+
+def _accepts(method: Callable[..., Any], parameter: str) -> bool:
+    """True when ``method`` takes ``parameter`` (a call object from before the option existed does not)."""
+    try:
+        return parameter in inspect.signature(method).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def _free_path(folder: Path, stem: str) -> Path:
