@@ -115,15 +115,17 @@ async def _start_simulators(config: Config, nursery: trio.Nursery) -> SimulatedD
 
 def _line_devices(config: Config, sims: SimulatedDevices) -> dict[str, Any]:
     """One LineDevice per configured voice line, over its real driver (simulated hardware for the demo)."""
+    from drivers.voice.shared_dsp import SharedLineDsp
     from drivers.voice.usbbox import UsbVoiceBox
     from drivers.voice.v253_modem import VoiceModem
     from gateway.voice.devices import ModemLine, UsbBoxLine
 
     devices: dict[str, Any] = {}
+    shared_dsp = SharedLineDsp()  # one batched DSP for every USB box line (no task of its own)
     for line in config.voice.lines:
         if line.driver == "usb_box":
             box = UsbVoiceBox(line.name, serial=line.serial, backend=sims.usb_backends.get(line.name),
-                              tones=line.tones, cid=line.cid, audio_queue=500)
+                              tones=line.tones, cid=line.cid, audio_queue=500, dsp=shared_dsp)
             devices[line.name] = UsbBoxLine(box)
         else:
             modem = VoiceModem(line.name, str(config.resolve(line.port)), tones=line.tones, cid=line.cid)

@@ -60,6 +60,7 @@ from drivers.voice.events import (
     Ring,
     ToneEvent,
 )
+from drivers.voice.shared_dsp import SharedLine, SharedLineDsp
 from drivers.voice.usbbox_protocol import (
     Command,
     Dial,
@@ -149,8 +150,10 @@ class LineMonitor:
         car_max_s: float = 0.75,
         ntt_cid_wait_s: float = 5.0,
         sample_rate: int = SAMPLE_RATE,
+        analyse: bool = True,
     ) -> None:
-        self.analyzer = LineAnalyzer(tones=tones, cid=cid, sample_rate=sample_rate)
+        # analyse=False: the DSP runs elsewhere (a SharedLineDsp) and audio comes with its events.
+        self.analyzer = LineAnalyzer(tones=tones, cid=cid, sample_rate=sample_rate) if analyse else None
         self.ntt_handshake = tones == "jp" if ntt_handshake is None else ntt_handshake
         self.car_max_s = car_max_s
         self.ntt_cid_wait_s = ntt_cid_wait_s  # Murata NCU_ND.C waits 5 s for the V.23 carrier
@@ -166,15 +169,26 @@ class LineMonitor:
     def in_handshake(self) -> bool:
         return self._handshake_until is not None
 
-    def feed(self, item: BoxInput) -> list[Any]:
+    @staticmethod
+    def audio_of(item: BoxInput) -> np.ndarray | None:
+        """The samples the DSP must analyse for ``item`` (zeros for a gap: the detectors' clock stays on
+        line time), or None for a status report."""
+        if isinstance(item, AudioIn):
+            return np.asarray(item.samples, dtype=np.float32)
+        if isinstance(item, AudioLost):
+            return np.zeros(item.samples, dtype=np.float32)
+        return None
+
+    def feed(self, item: BoxInput, events: list | None = None) -> list[Any]:
+        """``events``: what the DSP found in ``audio_of(item)`` when it ran elsewhere (``analyse=False``)."""
         if isinstance(item, StatusReport):
             return self._on_status(item.status)
         if isinstance(item, AudioIn):
-            return self._on_audio(np.asarray(item.samples, dtype=np.float32))
+            return self._on_audio(self.audio_of(item), events)
         if isinstance(item, AudioLost):
             out: list[Any] = [Overrun()]
-            if item.samples:  # keep the detectors' clock on line time across the gap
-                out.extend(self._on_audio(np.zeros(item.samples, dtype=np.float32), report=False))
+            if item.samples:
+                out.extend(self._on_audio(self.audio_of(item), events, report=False))
             return out
         raise TypeError(f"not a box input: {item!r}")
 
@@ -203,8 +217,11 @@ class LineMonitor:
             out.append(LoopBreak())
         return out
 
-    def _on_audio(self, x: np.ndarray, *, report: bool = True) -> list[Any]:
-        events = self.analyzer.feed(x) if x.size else []
+    def _on_audio(self, x: np.ndarray, events: list | None, *, report: bool = True) -> list[Any]:
+        if events is None:
+            if self.analyzer is None:
+                raise ValueError("this LineMonitor does not analyse audio: pass the DSP's events")
+            events = self.analyzer.feed(x) if x.size else []
         self.t += x.size / self.sample_rate
         out: list[Any] = []
         st = self._status
@@ -343,12 +360,17 @@ class UsbVoiceBox:
         reconnect_backoff: tuple[float, ...] = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0),
         event_queue: int = 1000,
         audio_queue: int = 0,
+        dsp: SharedLineDsp | None = None,
     ) -> None:
         self.name = name
+        # dsp: analyse this line in the process's shared batched DSP instead of a LineAnalyzer of its own.
+        self.dsp = dsp
+        # Registered now, so that the shared DSP's first cohort waits for every box of the process.
+        self._dsp_line: SharedLine | None = dsp.line(tones=tones, cid=cid) if dsp is not None else None
         self.profile = profile or OpenBoxProfile()
         self.serial = serial
         self.backend = backend
-        self._monitor_options = dict(tones=tones, cid=cid, ntt_handshake=ntt_handshake)
+        self._monitor_options = dict(tones=tones, cid=cid, ntt_handshake=ntt_handshake, analyse=dsp is None)
         self.monitor = LineMonitor(**self._monitor_options)
         self.reconnect_backoff = reconnect_backoff
         self._lock = trio.Lock()  # one pyusb call at a time on this device
@@ -405,6 +427,9 @@ class UsbVoiceBox:
 
     async def _serve(self, session, device, started: bool, task_status) -> str:
         self.monitor = LineMonitor(**self._monitor_options)  # line state is unknown after (re)plugging
+        if self.dsp is not None and self._dsp_line is None:  # replugged: a fresh channel
+            opts = self._monitor_options
+            self._dsp_line = self.dsp.line(tones=opts["tones"], cid=opts["cid"])
         self._session, self.state = session, "ready"
         serial = await trio.to_thread.run_sync(self._serial_of, device)
         self._log.info("usb_box_ready", serial=serial, profile=self.profile.name)
@@ -412,9 +437,14 @@ class UsbVoiceBox:
         if not started:
             task_status.started()
         lost: list[str] = []
-        async with trio.open_nursery() as nursery:
-            for stream in session.streams:
-                nursery.start_soon(self._reader, session, stream, lost, nursery.cancel_scope)
+        try:
+            async with trio.open_nursery() as nursery:
+                for stream in session.streams:
+                    nursery.start_soon(self._reader, session, stream, lost, nursery.cancel_scope)
+        finally:
+            if self._dsp_line is not None:
+                self._dsp_line.close()
+                self._dsp_line = None
         return lost[0] if lost else "reader stopped"
 
     @staticmethod
@@ -432,6 +462,9 @@ class UsbVoiceBox:
             pass
 
     async def _reader(self, session, stream: str, lost: list[str], scope: trio.CancelScope) -> None:
+        # With a shared DSP the frame's events come back once its cohort's batch ran (see shared_dsp.py);
+        # the next read waits for them, so a hook command of the handshake goes out before the next read
+        # takes the device lock.
         while True:
             try:
                 async with self._lock:
@@ -443,16 +476,24 @@ class UsbVoiceBox:
                 scope.cancel()
                 return
             for item in session.parse(stream, data):
-                for out in self.monitor.feed(item):
-                    if isinstance(out, Hook):
-                        await self._command_on(session, out, lost, scope)
-                    else:
-                        await self._send_event.send(out)
-                if isinstance(item, AudioIn) and self._send_audio is not None:
-                    try:
-                        self._send_audio.send_nowait(LineAudio(self.monitor.t, item.samples))
-                    except trio.WouldBlock:
-                        self.audio_dropped += 1
+                await self._handle(session, item, lost, scope)
+
+    async def _handle(self, session, item: BoxInput, lost: list[str], scope: trio.CancelScope) -> None:
+        events = None
+        if self._dsp_line is not None:
+            x = LineMonitor.audio_of(item)
+            if x is not None:
+                events = await self._dsp_line.analyse(x)
+        for out in self.monitor.feed(item, events):
+            if isinstance(out, Hook):
+                await self._command_on(session, out, lost, scope)
+            else:
+                await self._send_event.send(out)
+        if isinstance(item, AudioIn) and self._send_audio is not None:
+            try:
+                self._send_audio.send_nowait(LineAudio(self.monitor.t, item.samples))
+            except trio.WouldBlock:
+                self.audio_dropped += 1
 
     async def _command_on(self, session, command: Command, lost: list[str], scope: trio.CancelScope) -> None:
         try:
