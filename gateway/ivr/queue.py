@@ -6,7 +6,10 @@ leaves the queue:
 - ``"answered"``: a ready position took the call (``call.bridge(position)``); ``wait`` returns only after the
   call ended, then the position is ready again (or away, when its operator asked for that meanwhile);
 - ``"overflow"``: ``max_wait`` passed; ``"full"``: ``max_callers`` already wait in this queue;
-  ``"no_position"``: none of the node's positions is staffed (every one away), so waiting is pointless;
+  ``"no_position"``: none of the node's positions can ever take this call (none is configured in the
+  gateway, or, on an analog line, its own headset port is not among them), so waiting is pointless; a
+  position that is only away (an operator on a break) is waited for, with the hold content, up to
+  ``max_wait``;
 - the caller hanging up raises the call's ``CallEnded`` (``queue.left`` result ``abandoned``).
 
 Order: a position that becomes ready takes, among the calls waiting for it (any queue that lists it), the
@@ -164,6 +167,10 @@ class QueueManager:
             self._waiting.remove(waiter)
             waiter.assigned.set()
 
+    def _reachable(self, request: QueueRequest) -> bool:
+        """Some position of the node exists in the gateway and can take this call (staffed or not)."""
+        return any(p in self.positions and _can_take(p, request) for p in request.positions)
+
     def _staffed(self, positions: tuple[str, ...], request: QueueRequest | None = None) -> int:
         return sum(
             1
@@ -197,7 +204,7 @@ class QueueManager:
         if request.max_callers is not None and waiting_here >= request.max_callers:
             await self._publish("queue.left", {"call_id": call.id, "queue": request.queue, "result": "full"})
             return "full"
-        if not self._staffed(request.positions, request):
+        if not self._reachable(request):
             await self._publish(
                 "queue.left", {"call_id": call.id, "queue": request.queue, "result": "no_position"}
             )

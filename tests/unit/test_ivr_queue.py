@@ -44,9 +44,9 @@ async def hang_up_at(call: FakeCall, t: float) -> None:
     call.ended.set()
 
 
-async def test_no_staffed_position_and_unknown_position(autojump_clock):
-    queues, events = manager()
-    assert await queues.wait(request(FakeCall())) == "no_position"
+async def test_no_reachable_position_and_unknown_position(autojump_clock):
+    queues, events = QueueManager(["desk-9"], publish=(events := EventRecorder()).publish), events
+    assert await queues.wait(request(FakeCall())) == "no_position"  # neither headset exists here
     assert events.of("queue.left")[0]["result"] == "no_position"
     with pytest.raises(UnknownPosition):
         queues.set_ready("headset-9")
@@ -243,7 +243,9 @@ async def test_a_line_only_reaches_its_own_headset(autojump_clock):
         nursery.start_soon(caller)  # headset-1 is ready but cannot take it; headset-2 is staffed later
         nursery.start_soon(staff)
         nursery.start_soon(hang_up_at, call, 40)
-    assert results == ["no_position"]  # nobody staffed its headset at joining: waiting would be pointless
+    # The caller waited on hold for its own headset (away at joining) and was bridged once it was staffed.
+    assert results == ["answered"]
+    assert [(t, arg) for t, op, arg in call.log if op == "bridge"] == [(20.0, "headset-2")]
     queues.set_ready("headset-2")
     queues.set_away("headset-2")
     queues.set_ready("headset-2")
