@@ -1,4 +1,9 @@
-"""A simulated HTTP SMS provider for tests, benchmarks and demos: a hand-written ASGI app on hypercorn.
+"""A simulated HTTP SMS provider for tests, benchmarks and demos: a lean HTTP/1.1 server on trio + h11.
+
+The server is its own (one task per connection, keep-alive and pipelining handled by h11's state machine)
+rather than an ASGI app on hypercorn: the issue-4 benchmark shares 2 cores between the client and this
+simulator, and hypercorn's per-request machinery cost about 400 us of CPU per message. The simulator object
+is still an ASGI app too (``__call__``), for embedding it in another server.
 
 It never imports gateway/, api/ or drivers/: request parsing, number checks, its rate limiter and the report
 signature are written here independently, so one misreading of the scheme cannot hide on both sides.
@@ -33,6 +38,8 @@ rate_limit, rate_burst, report_status, report_delay).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import email.utils
 import hashlib
 import hmac
 import json
@@ -45,18 +52,20 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from functools import partial
+from functools import cache, partial
+from http import HTTPStatus
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, unquote
 
+import h11
 import httpx
 import trio
-from hypercorn.config import Config as HypercornConfig
-from hypercorn.trio import serve as hypercorn_serve
 
 _E164 = re.compile(r"^\+?[1-9][0-9]{6,14}$")  # ITU-T E.164: at most 15 digits, no leading zero
 _MAX_BODY = 1024 * 1024
 _JSON = [(b"content-type", b"application/json")]
+_RECEIVE_SIZE = 64 * 1024
+log = logging.getLogger("simulators.http_provider")
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -202,22 +211,99 @@ class HttpProviderSimulator:
         task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Serve until cancelled; ``task_status.started(base_url)`` once listening."""
-        config = HypercornConfig()
-        config.bind = [f"{host}:{port}"]
-        config.accesslog = None
-        config.errorlog = logging.getLogger("simulators.http_provider")
-        config.keep_alive_max_requests = 1_000_000  # hypercorn's default 1000 would churn connections
-        config.graceful_timeout = 0.5
+        listeners = await trio.open_tcp_listeners(port, host=host)
+        bound_host, bound_port = listeners[0].socket.getsockname()[:2]
+        url_host = f"[{bound_host}]" if ":" in bound_host else bound_host
         async with httpx.AsyncClient(timeout=10.0) as client, trio.open_nursery() as nursery:
             self._client, self._nursery = client, nursery
-            binds = await nursery.start(partial(hypercorn_serve, self, config))
-            task_status.started(binds[0])
             try:
+                nursery.start_soon(trio.serve_listeners, self._serve_connection, listeners)
+                task_status.started(f"http://{url_host}:{bound_port}")
                 await trio.sleep_forever()
             finally:
                 nursery.cancel_scope.cancel()
 
+    async def _serve_connection(self, stream: trio.SocketStream) -> None:
+        """One client connection: requests answered in order until either side closes (RFC 9112 sec. 9)."""
+        connection = h11.Connection(h11.SERVER)
+        async with stream:
+            try:
+                while True:
+                    request = await self._read_request(connection, stream)
+                    if request is None:
+                        return
+                    method, target, headers, body = request
+                    if body is None:
+                        payload = {"result": {"status": "error", "error": "body too large"}}
+                        await _send_response(stream, connection, 413, payload, [(b"connection", b"close")])
+                        return
+                    path = unquote(target.split(b"?", 1)[0].decode("latin-1"))
+                    status, payload, extra = await self._handle(method, path, headers, body)
+                    await _send_response(stream, connection, status, payload, extra)
+                    if connection.our_state is not h11.DONE or connection.their_state is not h11.DONE:
+                        return  # MUST_CLOSE (HTTP/1.0, "Connection: close") or a half-read request
+                    connection.start_next_cycle()
+            except h11.RemoteProtocolError as exc:
+                # Answer a malformed request while h11 still lets us (RFC 9112 sec. 2.2), then close.
+                if connection.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+                    payload = {"result": {"status": "error", "error": f"bad request: {exc}"}}
+                    with trio.move_on_after(1), contextlib.suppress(trio.BrokenResourceError):
+                        await _send_response(
+                            stream, connection, exc.error_status_hint, payload, [(b"connection", b"close")]
+                        )
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass  # the client went away mid-request or mid-answer
+
+    @staticmethod
+    async def _read_request(
+        connection: h11.Connection, stream: trio.SocketStream
+    ) -> tuple[str, bytes, dict[str, str], bytes | None] | None:
+        """The next request as (method, target, lower-cased headers, body); body None when over _MAX_BODY;
+        None when the client closed the connection between requests."""
+        request: h11.Request | None = None
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            event = connection.next_event()
+            if event is h11.NEED_DATA:
+                if connection.they_are_waiting_for_100_continue:
+                    await stream.send_all(connection.send(h11.InformationalResponse(status_code=100)))
+                connection.receive_data(await stream.receive_some(_RECEIVE_SIZE))
+            elif isinstance(event, h11.Request):
+                request = event
+            elif isinstance(event, h11.Data):
+                size += len(event.data)
+                chunks.append(event.data)
+                if size > _MAX_BODY and request is not None:
+                    return _request_parts(request, None)
+            elif isinstance(event, h11.EndOfMessage):
+                assert request is not None
+                return _request_parts(request, b"".join(chunks))
+            elif isinstance(event, h11.ConnectionClosed):
+                return None
+            # h11.PAUSED cannot happen here: the previous cycle is always finished first.
+
+    async def _handle(
+        self, method: str, path: str, headers: dict[str, str], body: bytes
+    ) -> tuple[int, Any, list[tuple[bytes, bytes]]]:
+        """Route one complete request and record it (shared by the h11 server and the ASGI entry point)."""
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        started, in_flight = trio.current_time(), self.in_flight
+        try:
+            try:
+                status, payload, extra = await self._route(method, path, headers, body)
+            except Exception:
+                log.exception("simulator failed on %s %s", method, path)
+                status, payload, extra = 500, {"result": {"status": "error", "error": "internal error"}}, []
+        finally:
+            self.in_flight -= 1
+        # Recorded before answering: a client holding its answer always finds the request here.
+        self.requests.append(SimRequest(path, status, started, in_flight))
+        return status, payload, extra
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The same simulator as an ASGI application."""
         if scope["type"] == "lifespan":
             await _lifespan(receive, send)
             return
@@ -228,25 +314,19 @@ class HttpProviderSimulator:
             message = await receive()
             body += message.get("body", b"")
             if len(body) > _MAX_BODY:
-                await _respond(send, 413, {"result": {"status": "error", "error": "body too large"}})
+                await _asgi_respond(send, 413, {"result": {"status": "error", "error": "body too large"}})
                 return
             if not message.get("more_body"):
                 break
-        self.in_flight += 1
-        self.max_in_flight = max(self.max_in_flight, self.in_flight)
-        started, in_flight = trio.current_time(), self.in_flight
-        try:
-            status, payload, headers = await self._route(scope, body)
-        finally:
-            self.in_flight -= 1
-        # Recorded before answering: a client holding its answer always finds the request here.
-        self.requests.append(SimRequest(scope["path"], status, started, in_flight))
-        await _respond(send, status, payload, headers)
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        status, payload, extra = await self._handle(scope["method"], scope["path"], headers, body)
+        await _asgi_respond(send, status, payload, extra)
 
-    async def _route(self, scope: Scope, body: bytes) -> tuple[int, Any, list[tuple[bytes, bytes]]]:
-        method, path = scope["method"], scope["path"]
+    async def _route(
+        self, method: str, path: str, headers: dict[str, str], body: bytes
+    ) -> tuple[int, Any, list[tuple[bytes, bytes]]]:
         if path == "/sms" and method == "POST":
-            return await self._send_sms(scope, body)
+            return await self._send_sms(headers, body)
         if path == "/control/stats" and method == "GET":
             return 200, self.stats(), []
         if path == "/control/settings" and method == "POST":
@@ -270,8 +350,9 @@ class HttpProviderSimulator:
             return 400, {"result": {"status": "error", "error": str(exc)}}, []
         return 200, self.stats(), []
 
-    async def _send_sms(self, scope: Scope, body: bytes) -> tuple[int, Any, list[tuple[bytes, bytes]]]:
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+    async def _send_sms(
+        self, headers: dict[str, str], body: bytes
+    ) -> tuple[int, Any, list[tuple[bytes, bytes]]]:
         if self._hang_next:
             await trio.sleep(self._hang_next.popleft())
         if self.latency:
@@ -374,7 +455,62 @@ def _parse_fields(content_type: str, body: bytes) -> dict[str, Any] | None:
     return document if isinstance(document, dict) else None
 
 
-async def _respond(
+@cache
+def _reason(status: int) -> bytes:
+    try:
+        return HTTPStatus(status).phrase.encode("ascii")
+    except ValueError:
+        return b""
+
+
+def _request_parts(
+    request: h11.Request, body: bytes | None
+) -> tuple[str, bytes, dict[str, str], bytes | None]:
+    # h11 gives header names lower-cased; a repeated header keeps its last value, as the ASGI path did.
+    headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in request.headers}
+    return request.method.decode("ascii"), request.target, headers, body
+
+
+class _DateHeader:
+    """The Date header an origin server with a clock sends (RFC 9110 sec. 6.6.1), formatted once a second."""
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._value = b""
+
+    def value(self) -> bytes:
+        now = int(time.time())
+        if now != self._second:
+            self._second, self._value = now, email.utils.formatdate(now, usegmt=True).encode("ascii")
+        return self._value
+
+
+_date = _DateHeader()
+
+
+async def _send_response(
+    stream: trio.SocketStream,
+    connection: h11.Connection,
+    status: int,
+    payload: Any,
+    headers: list[tuple[bytes, bytes]],
+) -> None:
+    """A whole JSON answer in one write (one TCP segment for small answers; TCP_NODELAY is trio's default)."""
+    body = json.dumps(payload, ensure_ascii=False).encode("utf-8")
+    head = [
+        *_JSON,
+        (b"content-length", str(len(body)).encode()),
+        (b"date", _date.value()),
+        (b"server", b"hcrm-sim"),
+        *headers,
+    ]
+    data = connection.send(h11.Response(status_code=status, headers=head, reason=_reason(status)))
+    data += connection.send(h11.Data(data=body))
+    data += connection.send(h11.EndOfMessage())
+    await stream.send_all(data)
+
+
+async def _asgi_respond(
     send: Send, status: int, payload: Any, headers: list[tuple[bytes, bytes]] | None = None
 ) -> None:
     body = json.dumps(payload, ensure_ascii=False).encode("utf-8")
@@ -433,7 +569,7 @@ def main(argv: list[str] | None = None) -> None:
 
     try:
         trio.run(run)
-    except KeyboardInterrupt:
+    except* KeyboardInterrupt:  # trio delivers Ctrl-C wrapped in an exception group
         pass
 
 

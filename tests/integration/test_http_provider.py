@@ -541,3 +541,61 @@ async def test_an_undecodable_answer_is_permanent_not_an_exception():
         result = await route.send(JP, "hello", message_id="m1")
     assert (result.accepted, result.permanent, result.attempts) == (False, True, 1)
     assert result.error.startswith("DecodingError")
+
+
+# --- the simulator's own HTTP/1.1 server (trio + h11) on a raw socket -------------------------------------
+async def _raw_exchange(base_url: str, request: bytes, answers: int) -> list[bytes]:
+    """Send ``request`` in one write; read until ``answers`` complete responses (Content-Length) arrived."""
+    host, port = base_url.removeprefix("http://").rsplit(":", 1)
+    buffer, responses = b"", []
+    with trio.fail_after(5):
+        async with await trio.open_tcp_stream(host, int(port)) as stream:
+            await stream.send_all(request)
+            while len(responses) < answers:
+                chunk = await stream.receive_some(65536)
+                assert chunk, f"connection closed after {len(responses)} responses: {buffer!r}"
+                buffer += chunk
+                while b"\r\n\r\n" in buffer:
+                    head, rest = buffer.split(b"\r\n\r\n", 1)
+                    length = next(
+                        int(line.split(b":", 1)[1])
+                        for line in head.split(b"\r\n")
+                        if line.lower().startswith(b"content-length:")
+                    )
+                    if len(rest) < length:
+                        break
+                    responses.append(head + b"\r\n\r\n" + rest[:length])
+                    buffer = rest[length:]
+    return responses
+
+
+async def test_pipelined_requests_with_a_chunked_body_are_answered_in_order(sim):
+    json_body = json.dumps({"to": JP, "text": "first", "reference": "r1"}).encode()
+    form_body = b"to=%2B819012345678&text=second&reference=r2"
+    request = (
+        b"POST /sms HTTP/1.1\r\nHost: sim\r\nContent-Type: application/json\r\n"
+        + b"Content-Length: %d\r\n\r\n" % len(json_body)
+        + json_body
+        + b"POST /sms HTTP/1.1\r\nHost: sim\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+        + b"Transfer-Encoding: chunked\r\n\r\n"
+        + b"%x\r\n%s\r\n" % (10, form_body[:10])
+        + b"%x\r\n%s\r\n0\r\n\r\n" % (len(form_body) - 10, form_body[10:])
+        + b"GET /control/stats HTTP/1.1\r\nHost: sim\r\n\r\n"
+    )
+    first, second, stats = await _raw_exchange(sim.base_url, request, 3)
+    assert first.startswith(b"HTTP/1.1 200 ") and b'"id": "sim-000001"' in first
+    assert second.startswith(b"HTTP/1.1 200 ") and b'"id": "sim-000002"' in second
+    assert b"date: " in first.lower()
+    assert json.loads(stats.split(b"\r\n\r\n", 1)[1])["accepted"] == 2
+    assert [(m.reference, m.text) for m in sim.sent] == [("r1", "first"), ("r2", "second")]
+    assert [r.path for r in sim.requests] == ["/sms", "/sms", "/control/stats"]
+
+
+async def test_oversized_body_is_413_and_malformed_request_is_400(sim):
+    big = b"x" * (1024 * 1024 + 1)
+    request = b"POST /sms HTTP/1.1\r\nHost: sim\r\nContent-Length: %d\r\n\r\n" % len(big) + big
+    (too_large,) = await _raw_exchange(sim.base_url, request, 1)
+    assert too_large.startswith(b"HTTP/1.1 413 ") and b"body too large" in too_large
+    (malformed,) = await _raw_exchange(sim.base_url, b"NOT HTTP AT ALL\r\n\r\n", 1)
+    assert malformed.startswith(b"HTTP/1.1 400 ")
+    assert not sim.sent and not sim.requests
