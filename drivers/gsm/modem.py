@@ -11,12 +11,9 @@ the gateway committed them (faucamp/python-gsmmodem #42), and only by index (bab
 
 from __future__ import annotations
 
-import errno
-import os
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
-import serial
 import structlog
 import trio
 
@@ -33,6 +30,7 @@ from drivers.gsm.at import (
 )
 from drivers.gsm.errors import ModemUnavailable, SendError, classify_cme, classify_cms
 from drivers.gsm.quirks import GENERIC, ModemQuirks, quirks_named, select_quirks
+from drivers.serial_port import PortError, PortGone, SerialPort
 
 __all__ = [
     "GsmModem",
@@ -115,14 +113,6 @@ class _InitFailed(Exception):
     """Initialisation cannot succeed without outside help (SIM, PIN, unsupported modem)."""
 
 
-class _PortGone(Exception):
-    """The device vanished: EIO, end of file, or the path no longer exists."""
-
-
-class _PortError(Exception):
-    """The device exists but cannot be opened (permissions, busy)."""
-
-
 @dataclass
 class _Reply:
     command: str
@@ -164,65 +154,6 @@ class _Pending:
     lost: bool = False  # the session ended (port gone or closed) before the answer
 
 
-class _SerialPort:
-    """pyserial for opening and termios set-up; I/O on the fd with trio's readiness waits (no thread)."""
-
-    def __init__(self, path: str, baudrate: int) -> None:
-        if not os.path.exists(path):
-            raise _PortGone(f"{path} does not exist")
-        try:
-            # inter_byte_timeout=0 makes VMIN=1: an idle read is EAGAIN, not a false end of file. It is
-            # ignored when set after opening (pyserial 3.5), so it goes to the constructor (notes/api.md §8).
-            self._serial = serial.Serial(
-                path, baudrate=baudrate, timeout=0, inter_byte_timeout=0, exclusive=True
-            )
-        except serial.SerialException as exc:
-            if exc.errno in (errno.ENOENT, errno.ENODEV, errno.ENXIO, errno.EIO) or not os.path.exists(path):
-                raise _PortGone(f"{path} vanished while opening: {exc}") from None
-            raise _PortError(f"cannot open {path}: {exc}") from None
-        except OSError as exc:  # pyserial lets some termios errors through unwrapped
-            raise _PortError(f"cannot configure {path}: {exc}") from None
-        self.path = path
-        self._fd = self._serial.fileno()
-        os.set_blocking(self._fd, False)
-        self._closed = False
-
-    async def read(self) -> bytes:
-        while True:
-            await trio.lowlevel.wait_readable(self._fd)
-            try:
-                data = os.read(self._fd, 4096)
-            except BlockingIOError:
-                continue
-            except OSError as exc:
-                raise _PortGone(f"{self.path}: {exc.strerror or exc}") from None
-            if not data:
-                raise _PortGone(f"{self.path}: end of file (device hung up)")
-            return data
-
-    async def write(self, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            await trio.lowlevel.wait_writable(self._fd)
-            try:
-                written = os.write(self._fd, view)
-            except BlockingIOError:
-                continue
-            except OSError as exc:
-                raise _PortGone(f"{self.path}: {exc.strerror or exc}") from None
-            view = view[written:]
-
-    def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        trio.lowlevel.notify_closing(self._fd)
-        try:
-            self._serial.close()
-        except OSError:  # closing a hung-up tty can fail; the fd is released either way
-            pass
-
-
 class GsmModem:
     """One GSM modem on one serial port. See the module docstring for the life cycle."""
 
@@ -260,7 +191,7 @@ class GsmModem:
         self._log = structlog.get_logger(__name__).bind(modem=name)
         self._lock = trio.Lock()
         self._conn = AtConnection()
-        self._port: _SerialPort | None = None
+        self._port: SerialPort | None = None
         self._pending: _Pending | None = None
         self._session_scope: trio.CancelScope | None = None
         self._gone: str | None = None
@@ -368,8 +299,8 @@ class GsmModem:
         try:
             while not self._stop_requested:
                 try:
-                    port = _SerialPort(self.port, self._baudrate)
-                except _PortGone as exc:
+                    port = SerialPort(self.port, self._baudrate)
+                except PortGone as exc:
                     if self.status.state != "absent":
                         self._outstanding.clear()  # another device may come back on this path
                         self._log.warning("modem_absent", reason=str(exc))
@@ -378,7 +309,7 @@ class GsmModem:
                     await self._pause(self._delay(failures))
                     failures += 1
                     continue
-                except _PortError as exc:
+                except PortError as exc:
                     self._log.error("modem_port_error", reason=str(exc))
                     self._set_status(state="down", last_error=str(exc))
                     mark_started()
@@ -417,7 +348,7 @@ class GsmModem:
         with trio.move_on_after(seconds):
             await self._stop_event.wait()
 
-    async def _session(self, port: _SerialPort, mark_started) -> str:
+    async def _session(self, port: SerialPort, mark_started) -> str:
         """One open port until "stopped", "gone" (unplugged) or "down" (initialisation kept failing)."""
         self._conn = AtConnection()
         self._port = port
@@ -453,14 +384,14 @@ class GsmModem:
             if self._session_scope is not None:
                 self._session_scope.cancel()
 
-    async def _read_loop(self, port: _SerialPort) -> None:
+    async def _read_loop(self, port: SerialPort) -> None:
         try:
             while True:
                 data = await port.read()
                 self._conn.receive_data(data)
                 while (event := self._conn.next_event()) is not None:
                     self._dispatch(event)
-        except _PortGone as exc:
+        except PortGone as exc:
             self._lose_session(str(exc))
 
     def _lose_session(self, reason: str) -> None:
@@ -607,10 +538,10 @@ class GsmModem:
             self._unresponsive.set()
         raise _NoAnswer(reason)
 
-    async def _write(self, port: _SerialPort, data: bytes) -> None:
+    async def _write(self, port: SerialPort, data: bytes) -> None:
         try:
             await port.write(data)
-        except _PortGone as exc:
+        except PortGone as exc:
             self._lose_session(str(exc))
             raise ModemUnavailable(f"modem {self.name}: {exc}") from None
 

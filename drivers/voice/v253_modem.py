@@ -22,16 +22,15 @@ write also blocks when the UART's flow control stops it).
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
-import serial
 import structlog
 import trio
 
+from drivers.serial_port import PortError, PortGone, SerialPort
 from drivers.voice.callerid_text import CallerIdTextParser, callerid_enable_commands, parse_callerid_lines
 from drivers.voice.events import DeviceLost, DeviceReady, Ring, ToneEvent
 from drivers.voice.v253 import (
@@ -216,63 +215,10 @@ class _Sink:
         self.stop.set()
 
 
-class _PortGone(Exception):
-    pass
 
 
 class _NoAnswer(Exception):
     pass
-
-
-class _Port:
-    """pyserial opens and configures; I/O on the fd with trio readiness waits (notes/api.md §8)."""
-
-    def __init__(self, path: str, baudrate: int) -> None:
-        if not os.path.exists(path):
-            raise _PortGone(f"{path} does not exist")
-        try:
-            # inter_byte_timeout=0 in the constructor: VMIN=1, so an idle read is EAGAIN, not a false EOF.
-            self._serial = serial.Serial(
-                path, baudrate=baudrate, timeout=0, inter_byte_timeout=0, exclusive=True
-            )
-        except (serial.SerialException, OSError) as exc:
-            raise _PortGone(f"cannot open {path}: {exc}") from None
-        self.path = path
-        self._fd = self._serial.fileno()
-        os.set_blocking(self._fd, False)
-        self._closed = False
-
-    async def read(self) -> bytes:
-        while True:
-            await trio.lowlevel.wait_readable(self._fd)
-            try:
-                data = os.read(self._fd, 65536)
-            except BlockingIOError:
-                continue
-            except OSError as exc:
-                raise _PortGone(f"{self.path}: {exc.strerror or exc}") from None
-            if not data:
-                raise _PortGone(f"{self.path}: end of file (device hung up)")
-            return data
-
-    async def write(self, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            try:
-                view = view[os.write(self._fd, view) :]
-            except BlockingIOError:
-                await trio.lowlevel.wait_writable(self._fd)  # the modem stopped reading: flow control
-            except OSError as exc:
-                raise _PortGone(f"{self.path}: {exc.strerror or exc}") from None
-
-    def close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            trio.lowlevel.notify_closing(self._fd)
-            try:
-                self._serial.close()
-            except OSError:
-                pass
 
 
 class VoiceModem:
@@ -320,7 +266,7 @@ class VoiceModem:
         self.format: VoiceFormat | None = None
         self.off_hook_now = False
         self._lock = trio.Lock()
-        self._port: _Port | None = None
+        self._port: SerialPort | None = None
         self._session_scope: trio.CancelScope | None = None
         self._lost_reason: str | None = None
         self._pending: _Pending | None = None
@@ -347,8 +293,8 @@ class VoiceModem:
         attempt = 0
         while True:
             try:
-                port = _Port(self.port, self.baudrate)
-            except _PortGone as exc:
+                port = SerialPort(self.port, self.baudrate, read_size=65536)
+            except (PortGone, PortError) as exc:
                 if attempt == 0:
                     self._log.warning("voice_modem_absent", reason=str(exc))
                 mark_started()
@@ -369,7 +315,7 @@ class VoiceModem:
             await trio.sleep(self.reconnect_backoff[min(attempt, len(self.reconnect_backoff) - 1)])
             attempt += 1
 
-    async def _session(self, port: _Port, mark_started: Callable[[], None]) -> bool:
+    async def _session(self, port: SerialPort, mark_started: Callable[[], None]) -> bool:
         self._port, self._lost_reason, self.state = port, None, "initializing"
         self._decoder = DleDecoder(dtmf_repeat_gap=self.dtmf_repeat_gap)
         self._text.clear()
@@ -485,13 +431,13 @@ class VoiceModem:
             self.state = "ready"
 
     # ================================================================================== reading
-    async def _read_loop(self, port: _Port) -> None:
+    async def _read_loop(self, port: SerialPort) -> None:
         try:
             while True:
                 data = await port.read()
                 for event in self._decoder.feed(data, now=trio.current_time()):
                     await self._on_stream_event(event)
-        except _PortGone as exc:
+        except (PortGone, PortError) as exc:
             self._lose(str(exc))
 
     async def _on_stream_event(self, event: object) -> None:
@@ -615,7 +561,7 @@ class VoiceModem:
         await self._send_event.send(event)
 
     # ================================================================================== commands
-    def _require_ready(self) -> _Port:
+    def _require_ready(self) -> SerialPort:
         port = self._port
         if self.state != "ready" or port is None:
             raise ModemUnavailable(f"{self.name}: the voice modem is {self.state}")
@@ -648,10 +594,10 @@ class VoiceModem:
             raise VoiceModemError(f"{self.name}: {text} answered {pending.answer()}")
         return pending
 
-    async def _write(self, port: _Port, data: bytes) -> None:
+    async def _write(self, port: SerialPort, data: bytes) -> None:
         try:
             await port.write(data)
-        except _PortGone as exc:
+        except (PortGone, PortError) as exc:
             self._lose(str(exc))
             raise ModemUnavailable(f"{self.name}: {exc}") from None
 
@@ -733,7 +679,7 @@ class VoiceModem:
                 self._transmitting = False
         return len(data) / fmt.bytes_per_second
 
-    async def _send_paced(self, port: _Port, fmt: VoiceFormat, data: bytes, start: float) -> None:
+    async def _send_paced(self, port: SerialPort, fmt: VoiceFormat, data: bytes, start: float) -> None:
         """Chunk k is due when the audio already written is ``playback_lead`` seconds ahead of the modem's
         sample clock (started at CONNECT): due = start + written / bytes_per_second - lead."""
         encoder = PlaybackEncoder(fmt)
@@ -743,7 +689,7 @@ class VoiceModem:
             await self._write(port, chunk)
             written = encoder.audio_bytes
 
-    async def _end_stream(self, port: _Port, code: bytes, limit: float) -> None:
+    async def _end_stream(self, port: SerialPort, code: bytes, limit: float) -> None:
         pending = _Pending(code.hex())
         self._pending = pending
         try:
@@ -759,7 +705,7 @@ class VoiceModem:
             self._lose(f"no answer to the end of a voice stream within {limit:g} s")
             raise ModemUnavailable(f"{self.name}: no answer to the end of a voice stream within {limit:g} s")
 
-    async def _abort_quietly(self, port: _Port, code: bytes) -> None:
+    async def _abort_quietly(self, port: SerialPort, code: bytes) -> None:
         """Best effort after a cancellation or error: stop the stream, wait briefly for its answer."""
         pending = _Pending(code.hex())
         self._pending = pending
@@ -767,7 +713,7 @@ class VoiceModem:
             with trio.move_on_after(self.command_timeout):
                 await port.write(code)
                 await pending.done.wait()
-        except _PortGone:
+        except (PortGone, PortError):
             pass
         finally:
             if self._pending is pending:

@@ -197,13 +197,13 @@ async def test_play_delivers_exact_bytes_at_the_sample_clock(nursery, clock):
 
 async def test_playback_is_paced_with_a_bounded_lead(nursery, clock, monkeypatch):
     writes = []
-    original = v253_modem._Port.write
+    original = v253_modem.SerialPort.write
 
     async def spy(self, data):
         writes.append((trio.current_time(), len(data)))
         await original(self, data)
 
-    monkeypatch.setattr(v253_modem._Port, "write", spy)
+    monkeypatch.setattr(v253_modem.SerialPort, "write", spy)
     sim, modem = await start(nursery, "conexant")
     await modem.off_hook()
     writes.clear()
