@@ -220,22 +220,10 @@ def results_csv(items: list[dict[str, Any]]) -> str:
 
 
 # --- OpenAPI ------------------------------------------------------------------------------------------------
-_AUTH = (401, 403)
 _ID = {"name": "campaign_id", "in": "path", "required": True, "schema": {"type": "string"}}
 
 
-def _op(path, method, op_id, summary, scope, responses, *, problems=(), request=None, parameters=None):
-    return openapi.Operation(
-        path,
-        method,
-        op_id,
-        summary,
-        scope,
-        responses,
-        problems=(*problems, *_AUTH),
-        request=request,
-        parameters=parameters or [],
-    )
+_op = openapi.authenticated
 
 
 OPENAPI_OPERATIONS: tuple[openapi.Operation, ...] = (

@@ -205,34 +205,11 @@ async def bridge(call_id: str) -> Any:
 
 
 # --- OpenAPI ------------------------------------------------------------------------------------------------
-_AUTH = (401, 403)
 _CALL_ID = {"name": "call_id", "in": "path", "required": True, "schema": {"type": "string"}}
 _PB_ID = {"name": "playback_id", "in": "path", "required": True, "schema": {"type": "string"}}
 
 
-def _op(
-    path: str,
-    method: str,
-    op_id: str,
-    summary: str,
-    scope: str,
-    responses,
-    *,
-    problems=(),
-    request=None,
-    parameters=None,
-) -> openapi.Operation:
-    return openapi.Operation(
-        path,
-        method,
-        op_id,
-        summary,
-        scope,
-        responses,
-        problems=(*problems, *_AUTH),
-        request=request,
-        parameters=parameters or [],
-    )
+_op = openapi.authenticated
 
 
 OPENAPI_OPERATIONS: tuple[openapi.Operation, ...] = (

@@ -38,6 +38,15 @@ class Operation:
     headers: dict[int, dict[str, Any]] = field(default_factory=dict)
 
 
+def authenticated(path: str, method: str, operation_id: str, summary: str, scope: str,
+                  responses: dict[int, tuple[type[BaseModel] | None, str]], *, problems: tuple[int, ...] = (),
+                  request: type[BaseModel] | None = None,
+                  parameters: list[dict[str, Any]] | None = None) -> Operation:
+    """An Operation behind a bearer token: 401 and 403 are added to its problems."""
+    return Operation(path, method, operation_id, summary, scope, responses, problems=(*problems, 401, 403),
+                     request=request, parameters=parameters or [])
+
+
 def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {"name": name, "in": "query", "required": False, "schema": schema, "description": description}
 
