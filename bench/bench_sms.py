@@ -35,6 +35,8 @@ import textwrap
 import time
 from pathlib import Path
 
+from bench import ws_clients
+
 ROOT = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "gateway"]
 TOKEN = "bench-token-0123456789"
@@ -245,59 +247,6 @@ async def _wait_modem_ready(gw, within: float = 20.0) -> None:
                 return
 
 
-CLIENTS_SCRIPT = textwrap.dedent("""
-    # Minimal RFC 6455 clients on raw sockets: the handshake, then unmasked server frames parsed by hand, so
-    # the measurement is the daemon's fan-out, not a client library's per-message cost.
-    import base64, json, os, sys, time, trio
-    url, token, clients, events = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-    host, port_path = url.removeprefix("ws://").split(":", 1)
-    port, path = port_path.split("/", 1)
-    arrivals = []
-    async def client(ready):
-        stream = await trio.open_tcp_stream(host, int(port))
-        key = base64.b64encode(os.urandom(16)).decode()
-        await stream.send_all((f"GET /{path} HTTP/1.1\\r\\nHost: {host}\\r\\nUpgrade: websocket\\r\\n"
-                               f"Connection: Upgrade\\r\\nSec-WebSocket-Key: {key}\\r\\n"
-                               f"Sec-WebSocket-Version: 13\\r\\n"
-                               f"Authorization: Bearer {token}\\r\\n\\r\\n").encode())
-        buf = b""
-        while b"\\r\\n\\r\\n" not in buf:
-            buf += await stream.receive_some(65536)
-        buf = buf.split(b"\\r\\n\\r\\n", 1)[1]
-        got, greeted = 0, False
-        while got < events:
-            while True:
-                if len(buf) >= 2:
-                    n, head = buf[1] & 0x7F, 2
-                    if n == 126 and len(buf) >= 4:
-                        n, head = int.from_bytes(buf[2:4], "big"), 4
-                    elif n == 127 and len(buf) >= 10:
-                        n, head = int.from_bytes(buf[2:10], "big"), 10
-                    if n < 126 or head > 2:
-                        if len(buf) >= head + n:
-                            break
-                buf += await stream.receive_some(65536)
-            payload, buf = buf[head:head + n], buf[head + n:]
-            now = time.time()
-            if not greeted:
-                greeted = True
-                ready()
-            elif b'"sms.received"' in payload:
-                arrivals.append((json.loads(payload)["data"]["text"], now))
-                got += 1
-    async def main():
-        count = 0
-        def ready():
-            nonlocal count
-            count += 1
-            if count == clients:
-                print("READY", flush=True)
-        async with trio.open_nursery() as n:
-            for _ in range(clients):
-                n.start_soon(client, ready)
-    trio.run(main)
-    json.dump(arrivals, sys.stdout)
-""")
 
 
 def bench_latency(args) -> dict:
@@ -325,8 +274,9 @@ def bench_latency(args) -> dict:
             await _wait_modem_ready(gw)
             ws_url = gw.url.replace("http://", "ws://") + "/v1/events"
             proc = await trio.lowlevel.open_process(
-                [sys.executable, "-c", CLIENTS_SCRIPT, ws_url, TOKEN, str(args.clients), str(args.events)],
-                stdout=subprocess.PIPE)
+                ws_clients.command(ws_url, TOKEN, args.clients, "sms.received", "text", args.events,
+                                   600.0),
+                stdout=subprocess.PIPE, cwd=ROOT)
             buf = b""
             while b"READY" not in buf:
                 buf += await proc.stdout.receive_some(4096)
@@ -382,8 +332,8 @@ def bench_rss(args) -> dict:
             wait_health(port, proc)
             idle = rss_kb(proc.pid)
             clients = subprocess.Popen(
-                [sys.executable, "-c", CLIENTS_SCRIPT, f"ws://127.0.0.1:{port}/v1/events", TOKEN,
-                 str(args.clients), "1000000"], stdout=subprocess.PIPE, text=True)
+                ws_clients.command(f"ws://127.0.0.1:{port}/v1/events", TOKEN, args.clients, "sms.received",
+                                   "text", 1_000_000, 3600.0), stdout=subprocess.PIPE, text=True, cwd=ROOT)
             assert clients.stdout is not None
             clients.stdout.readline()  # READY
             _post_some(port, 200)

@@ -37,9 +37,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench import ws_clients
 from bench.bench_sms import TOKEN, machine
 from bench.voice_harness import (
-    CLIENTS_SCRIPT,
     FRAME_S,
     attach_clocks,
     line_names,
@@ -80,8 +80,8 @@ def bench_screenpop(args) -> dict:
             total = args.lines * args.rounds
             max_s = 60.0 + args.rounds * 20.0
             proc = await trio.lowlevel.open_process(
-                [sys.executable, "-c", CLIENTS_SCRIPT, ws_url, TOKEN, str(args.clients), "call.incoming",
-                 str(total), str(max_s)], stdout=subprocess.PIPE)
+                ws_clients.command(ws_url, TOKEN, args.clients, "call.incoming", "call_id", total, max_s),
+                stdout=subprocess.PIPE, cwd=ws_clients.ROOT)
             buf = b""
             with trio.fail_after(60):
                 while b"READY" not in buf:

@@ -17,7 +17,6 @@ would have buffered the frame (or dropped it once its buffer is full).
 from __future__ import annotations
 
 import statistics
-import textwrap
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -137,67 +136,6 @@ def summary(values: list[float], prefix: str) -> dict[str, Any]:
             f"{prefix}_p99_ms": pct(values, 99), f"{prefix}_max_ms": round(max(values), 2)}
 
 
-# Raw RFC 6455 clients (as in bench_sms.CLIENTS_SCRIPT), stamping every event of one type with the wall clock
-# and the call id; each client stops after ``count`` such events or ``max_s`` seconds, then all print JSON.
-CLIENTS_SCRIPT = textwrap.dedent("""
-    import base64, json, os, sys, time, trio
-    url, token, clients, wanted, count, max_s = sys.argv[1:7]
-    clients, count, max_s = int(clients), int(count), float(max_s)
-    host, port_path = url.removeprefix("ws://").split(":", 1)
-    port, path = port_path.split("/", 1)
-    arrivals = []
-    async def client(ready):
-        stream = await trio.open_tcp_stream(host, int(port))
-        key = base64.b64encode(os.urandom(16)).decode()
-        await stream.send_all((f"GET /{path} HTTP/1.1\\r\\nHost: {host}\\r\\nUpgrade: websocket\\r\\n"
-                               f"Connection: Upgrade\\r\\nSec-WebSocket-Key: {key}\\r\\n"
-                               f"Sec-WebSocket-Version: 13\\r\\n"
-                               f"Authorization: Bearer {token}\\r\\n\\r\\n").encode())
-        buf = b""
-        while b"\\r\\n\\r\\n" not in buf:
-            buf += await stream.receive_some(65536)
-        buf = buf.split(b"\\r\\n\\r\\n", 1)[1]
-        got, greeted = 0, False
-        needle = ('"' + wanted + '"').encode()
-        while got < count:
-            while True:
-                if len(buf) >= 2:
-                    n, head = buf[1] & 0x7F, 2
-                    if n == 126 and len(buf) >= 4:
-                        n, head = int.from_bytes(buf[2:4], "big"), 4
-                    elif n == 127 and len(buf) >= 10:
-                        n, head = int.from_bytes(buf[2:10], "big"), 10
-                    if n < 126 or head > 2:
-                        if len(buf) >= head + n:
-                            break
-                data = await stream.receive_some(65536)
-                if not data:
-                    return
-                buf += data
-            payload, buf = buf[head:head + n], buf[head + n:]
-            now = time.time()
-            if not greeted:
-                greeted = True
-                ready()
-            elif needle in payload:
-                event = json.loads(payload)
-                if event.get("type") == wanted:
-                    arrivals.append((event["data"].get("call_id"), now))
-                    got += 1
-    async def main():
-        count_ready = 0
-        def ready():
-            nonlocal count_ready
-            count_ready += 1
-            if count_ready == clients:
-                print("READY", flush=True)
-        with trio.move_on_after(max_s):
-            async with trio.open_nursery() as n:
-                for _ in range(clients):
-                    n.start_soon(client, ready)
-    trio.run(main)
-    json.dump(arrivals, sys.stdout)
-""")
 
 
 async def wait_lines(gw, state: str = "idle", within: float = 30.0) -> None:

@@ -1,0 +1,99 @@
+"""Raw RFC 6455 WebSocket clients for the benchmarks, run as a child process:
+
+    python -m bench.ws_clients URL TOKEN CLIENTS TYPE KEY COUNT MAX_S
+
+Each of CLIENTS connections does the handshake by hand, then parses the server's unmasked frames itself, so
+what a benchmark measures is the daemon's fan-out, not a client library's per-message cost. It prints READY
+once every client got its hello frame; each client then stamps the wall clock of every event of TYPE (keyed
+by the event's ``data[KEY]``) until it has COUNT of them or MAX_S seconds passed, and the process prints the
+list of ``[key, time]`` pairs as JSON.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import trio
+
+
+def _frame_length(buf: bytes) -> tuple[int, int] | None:
+    """(header length, payload length) of the first frame in ``buf``, None until its length is known."""
+    if len(buf) < 2:
+        return None
+    n = buf[1] & 0x7F
+    if n < 126:
+        return 2, n
+    if n == 126:
+        return (4, int.from_bytes(buf[2:4], "big")) if len(buf) >= 4 else None
+    return (10, int.from_bytes(buf[2:10], "big")) if len(buf) >= 10 else None
+
+
+async def _client(url: str, token: str, wanted: str, key: str, count: int, ready, arrivals: list) -> None:
+    host, port_path = url.removeprefix("ws://").split(":", 1)
+    port, path = port_path.split("/", 1)
+    stream = await trio.open_tcp_stream(host, int(port))
+    nonce = base64.b64encode(os.urandom(16)).decode()
+    await stream.send_all((f"GET /{path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n"
+                           f"Connection: Upgrade\r\nSec-WebSocket-Key: {nonce}\r\n"
+                           "Sec-WebSocket-Version: 13\r\n"
+                           f"Authorization: Bearer {token}\r\n\r\n").encode())
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        buf += await stream.receive_some(65536)
+    buf = buf.split(b"\r\n\r\n", 1)[1]
+    needle = f'"{wanted}"'.encode()
+    got, greeted = 0, False
+    while got < count:
+        while (lengths := _frame_length(buf)) is None or len(buf) < sum(lengths):
+            data = await stream.receive_some(65536)
+            if not data:
+                return
+            buf += data
+        head, n = lengths
+        payload, buf = buf[head:head + n], buf[head + n:]
+        now = time.time()
+        if not greeted:
+            greeted = True
+            ready()
+        elif needle in payload:
+            event = json.loads(payload)
+            if event.get("type") == wanted:
+                arrivals.append((event["data"].get(key), now))
+                got += 1
+
+
+async def _main(url: str, token: str, clients: int, wanted: str, key: str, count: int, max_s: float) -> list:
+    arrivals: list = []
+    greeted = 0
+
+    def ready() -> None:
+        nonlocal greeted
+        greeted += 1
+        if greeted == clients:
+            print("READY", flush=True)
+
+    with trio.move_on_after(max_s):
+        async with trio.open_nursery() as nursery:
+            for _ in range(clients):
+                nursery.start_soon(_client, url, token, wanted, key, count, ready, arrivals)
+    return arrivals
+
+
+ROOT = str(Path(__file__).resolve().parents[1])  # the child's working directory: `bench` importable
+
+
+def command(url: str, token: str, clients: int, wanted: str, key: str, count: int, max_s: float) -> list[str]:
+    """The argv that runs this module as a child process (start it with ``cwd=ROOT``)."""
+    return [sys.executable, "-m", "bench.ws_clients", url, token, str(clients), wanted, key, str(count),
+            str(max_s)]
+
+
+if __name__ == "__main__":
+    url, token, clients, wanted, key, count, max_s = sys.argv[1:8]
+    result = trio.run(_main, url, token, int(clients), wanted, key, int(count), float(max_s))
+    json.dump(result, sys.stdout)
