@@ -1,32 +1,24 @@
 """structlog set-up: one line per event to stderr (journald-friendly), JSON or console.
 
 Phone numbers are personal data: at info level and above, values of number-like keys are masked
-(``+81901****678``) before any renderer sees them; debug level shows them in full for a technician.
+(``+81901****678``, :func:`gateway.numbers.mask`) before any renderer sees them, so call sites log the number
+itself under one of ``NUMBER_KEYS``; debug level shows them in full for a technician.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 import sys
 from typing import Any
 
 import structlog
 
+from gateway.numbers import mask
+
 NUMBER_KEYS = frozenset(
     {"to", "from", "from_", "number", "sender", "recipient", "msisdn", "caller", "callee"}
     | {"to_raw", "from_raw"}
 )
-_DIGITS = re.compile(r"\d")
-
-
-def mask_number(value: str) -> str:
-    """Keep the country/operator prefix and the last three digits: enough to tell numbers apart in a log."""
-    digits = [m.start() for m in _DIGITS.finditer(value)]
-    if len(digits) <= 6:
-        return "*" * len(value)
-    hide = set(digits[5:-3])
-    return "".join("*" if i in hide else ch for i, ch in enumerate(value))
 
 
 def _mask_numbers(_logger: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
@@ -35,7 +27,7 @@ def _mask_numbers(_logger: Any, method: str, event: dict[str, Any]) -> dict[str,
     for key in NUMBER_KEYS & event.keys():
         value = event[key]
         if isinstance(value, str):
-            event[key] = mask_number(value)
+            event[key] = mask(value)
     return event
 
 

@@ -48,7 +48,7 @@ import trio
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from gateway.events import format_time, utc_now
-from gateway.numbers import DEFAULT_REGION, InvalidNumber, mask, normalize
+from gateway.numbers import DEFAULT_REGION, InvalidNumber, normalize
 from gateway.sms.models import InvalidRequest, SubmitRequest, new_message_id
 from gateway.sms.template_store import TemplateStore
 from gateway.store import verify_sql as sql
@@ -281,7 +281,7 @@ class VerificationService:
 
         await self._store.write(reserve)
         await self._send(row, text, resend=False)
-        log.info("verification started", verification_id=vid, to=mask(e164), purpose=purpose)
+        log.info("verification started", verification_id=vid, to=e164, purpose=purpose)
         return Verification.from_row(row)
 
     async def resend(self, verification_id: str) -> Verification:

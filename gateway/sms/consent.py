@@ -36,7 +36,7 @@ import structlog
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from gateway.events import utc_now
-from gateway.numbers import DEFAULT_REGION, InvalidNumber, mask, normalize
+from gateway.numbers import DEFAULT_REGION, InvalidNumber, normalize
 from gateway.sms.models import InvalidRequest, Message, NotFound, SubmitRequest
 from gateway.sms.replies import ReplyRules, normalize_reply
 from gateway.store import consent_sql
@@ -199,7 +199,7 @@ class OptOutKeywordHook:
                 )
             )
             self._sql.mark_confirmed(tx, number, ALL_CATEGORIES, now)
-        log.info("opted out by keyword", number=mask(number), keyword=keyword, new=created)
+        log.info("opted out by keyword", number=number, keyword=keyword, new=created)
 
     def _may_confirm(self, tx: Any, number: str, now: datetime) -> bool:
         row = self._sql.blocking_opt_out(tx, number, ALL_CATEGORIES)
@@ -294,7 +294,7 @@ class ConsentService:
             return self._sql.list_opt_outs(tx, number=e164, after=None, limit=MAX_LIST_LIMIT), added
 
         rows, added = await self._store.write(unit)
-        log.info("opt-out added", number=mask(e164), categories=added)
+        log.info("opt-out added", number=e164, categories=added)
         return rows, added
 
     async def remove(self, number: Any, category: str | None = None) -> int:
@@ -314,7 +314,7 @@ class ConsentService:
             return removed
 
         removed = await self._store.write(unit)
-        log.info("opt-out removed", number=mask(e164), category=category or "all", rows=removed)
+        log.info("opt-out removed", number=e164, category=category or "all", rows=removed)
         return removed
 
     async def list(

@@ -44,7 +44,7 @@ import trio
 from drivers.gsm import pdu
 from drivers.gsm.modem import IncomingSms, ModemStatus, ModemUnavailable, SendError, StatusReport
 from gateway.events import Event, EventBus, format_time, parse_time, utc_now
-from gateway.numbers import DEFAULT_REGION, mask, to_e164_or_none
+from gateway.numbers import DEFAULT_REGION, to_e164_or_none
 from gateway.sms.categories import Categories
 from gateway.sms.models import (
     FINAL_STATUSES,
@@ -492,7 +492,7 @@ class SmsDispatcher:
         if result.accepted:
             await self._provider_sent(slot, message, result.provider_id)
             await self._route_succeeded(slot)
-            mlog.info("message sent", to=mask(message.to), provider_id=result.provider_id)
+            mlog.info("message sent", to=message.to, provider_id=result.provider_id)
             return
         status = f"HTTP {result.status_code}: " if result.status_code is not None else ""
         kind = "permanent" if result.permanent else "temporary"
@@ -567,7 +567,7 @@ class SmsDispatcher:
                 await self._requeue_remaining(slot, message, mlog)
                 return
         await self._route_succeeded(slot)
-        mlog.info("message sent", to=mask(message.to), parts=message.parts)
+        mlog.info("message sent", to=message.to, parts=message.parts)
 
     async def _part_sent(
         self, slot: _RouteSlot, message: Message, seq: int, reference: int, last: bool
@@ -691,7 +691,7 @@ class SmsDispatcher:
 
         outcome, due = await self._store.write(unit)
         if outcome == "failed":
-            mlog.warning("message failed", to=mask(message.to), code=code, kind=kind, error=text)
+            mlog.warning("message failed", to=message.to, code=code, kind=kind, error=text)
         else:
             mlog.info("send failed, will retry", code=code, kind=kind, error=text, retry_at=format_time(due))
         if kind == "config":
@@ -801,7 +801,7 @@ class SmsDispatcher:
                 "multipart message incomplete after timeout, delivered as is",
                 message_id=message.id,
                 modem=message.modem,
-                sender=mask(message.sender_raw),
+                sender=message.sender_raw,
                 parts=f"{len(message.part_list)}/{message.parts}",
             )
         if self._next_housekeeping is None or now >= self._next_housekeeping:
@@ -933,7 +933,7 @@ class SmsDispatcher:
             log.info(
                 "part of a multipart message stored",
                 modem=slot.name,
-                sender=mask(sender_raw),
+                sender=sender_raw,
                 seq=concat.seq if concat else None,
                 total=concat.total if concat else None,
             )
@@ -942,7 +942,7 @@ class SmsDispatcher:
                 "message received",
                 modem=slot.name,
                 message_id=message.id,
-                sender=mask(sender_raw),
+                sender=sender_raw,
                 parts=message.parts,
             )
         else:
@@ -1000,7 +1000,7 @@ class SmsDispatcher:
                 "status report matches no sent part; stored unmatched",
                 modem=slot.name,
                 reference=decoded.reference,
-                recipient=mask(decoded.number),
+                recipient=decoded.number,
                 tp_status=f"0x{decoded.status:02X}",
             )
 

@@ -44,7 +44,6 @@ import structlog
 import trio
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from gateway.numbers import mask
 from gateway.sms.templates import MissingVariables, TemplateError, parse_placeholders, substitute
 
 log = structlog.get_logger("sms.http_provider")
@@ -615,7 +614,7 @@ class HttpSmsRoute:
             return ProviderResult(False, None, None, True, f"provider {self.name}: {exc}", attempts=0)
 
         def mlog(level: str, event: str, **fields: Any) -> None:  # bound lazily: the happy path logs nothing
-            getattr(log, level)(event, provider=self.name, message_id=message_id, to=mask(to), **fields)
+            getattr(log, level)(event, provider=self.name, message_id=message_id, to=to, **fields)
 
         policy = self.config.retry
         status_code: int | None = None

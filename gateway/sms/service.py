@@ -28,7 +28,7 @@ import trio
 
 from drivers.gsm import pdu
 from gateway.events import EventBus, format_time, utc_now
-from gateway.numbers import DEFAULT_REGION, InvalidNumber, mask, normalize
+from gateway.numbers import DEFAULT_REGION, InvalidNumber, normalize
 from gateway.sms.categories import Categories, UnknownCategory
 from gateway.sms.models import (
     Conflict,
@@ -126,7 +126,7 @@ class SmsService:
             except SmsError as exc:
                 log.warning(
                     "deferred submit refused",
-                    to=mask(request.to),
+                    to=request.to,
                     category=request.category,
                     code=getattr(exc, "code", None),
                     error=str(exc),
@@ -176,7 +176,7 @@ class SmsService:
         log.info(
             "message replayed" if replayed else "message accepted",
             message_id=stored.id,
-            to=mask(stored.to),
+            to=stored.to,
             parts=stored.parts,
             status=str(stored.status),
             route=stored.route,
