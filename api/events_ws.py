@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import json
 import uuid
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 import structlog
 import trio
@@ -26,7 +27,7 @@ from quart import Blueprint, g, websocket
 
 from api.auth import SCOPE_EVENTS_READ, AuthFailure, BearerHeaderError, Principal, check_token, parse_bearer
 from api.services import ApiState, api_state
-from gateway.events import EVENT_TYPES, Event, ResyncRequired
+from gateway.events import EVENT_TYPES, Event
 
 log = structlog.get_logger("api.events")
 
@@ -98,22 +99,55 @@ def _frame(obj: dict[str, Any]) -> str:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
 
 
-class _Connection:
-    """One authenticated client: owns its subscription and its three tasks (events, pings, reads)."""
+class ClientGone(Exception):
+    """The client closed the connection (close frame or EOF); nothing more can be sent to it."""
 
-    def __init__(self, state: ApiState, principal: Principal) -> None:
+
+class EventSocket(Protocol):
+    """One WebSocket as the event stream needs it. Two transports implement it: ``api.events_raw`` (the
+    front door's own connection, the normal case) and ``QuartEventSocket`` below (an upgrade that arrives on
+    a connection hypercorn already serves). Sends are serialised by the caller."""
+
+    authorization: str | None
+    query: Mapping[str, str]
+
+    async def send_text(self, text: str) -> None: ...
+
+    async def send_events(self, events: list[Event]) -> None:
+        """One text frame per event, in order; a transport may write them all at once."""
+
+    async def receive(self) -> str | bytes:
+        """The next message from the client; raises ClientGone when the client went away."""
+
+    async def close(self, code: int, reason: str) -> None: ...
+
+
+class _Connection:
+    """One authenticated client: owns its subscription and its tasks (events, pings, reads, shutdown)."""
+
+    def __init__(self, state: ApiState, principal: Principal, sock: EventSocket, request_id: str) -> None:
         self.state = state
         self.principal = principal
+        self.sock = sock
+        self.request_id = request_id
         self.send_lock = trio.Lock()
         self.closed = False
-        # The connection's own websocket object, resolved once: every event to every client passes here, and
-        # the context-local proxy costs a lookup per attribute.
-        self.websocket = websocket._get_current_object()  # type: ignore[attr-defined]
+        self.nursery: trio.Nursery | None = None  # the connection's tasks, once they run
 
     async def send(self, text: str) -> None:
         async with self.send_lock:
             if not self.closed:
-                await self.websocket.send(text)
+                try:
+                    await self.sock.send_text(text)
+                except ClientGone:
+                    self._gone()
+
+    def _gone(self) -> None:
+        """The client went away in the middle of a write: end the connection's tasks quietly."""
+        self.closed = True
+        if self.nursery is None:
+            raise ClientGone()
+        self.nursery.cancel_scope.cancel()
 
     async def close(self, code: int, reason: str, nursery: trio.Nursery, metric_reason: str) -> None:
         """Send the close frame once, then end every task of this connection."""
@@ -123,35 +157,32 @@ class _Connection:
             self.closed = True
             self.state.metrics.ws_clients_closed.labels(metric_reason).inc()
             log.info(
-                "event client closed",
-                code=code,
-                reason=reason,
-                client=self.principal.name,
-                request_id=g.get("request_id"),
+                "event client closed", code=code, reason=reason, client=self.principal.name,
+                request_id=self.request_id,
             )
             # A client that stopped reading may never take the close frame; don't wait for it forever.
             with trio.move_on_after(self.state.settings.ws_close_timeout):
-                await websocket.close(code, reason)
+                try:
+                    await self.sock.close(code, reason)
+                except ClientGone:
+                    pass
         nursery.cancel_scope.cancel()
 
     async def pump_events(self, subscription: Any, nursery: trio.Nursery) -> None:
-        metrics = self.state.metrics
-        async for item in subscription:
-            if isinstance(item, Event):
-                # The bytes the bus serialised once; a text frame needs str, the JSON is not re-encoded.
-                await self.send(item.text)
-                metrics.ws_events_sent.inc()
-            elif isinstance(item, ResyncRequired):
+        """Everything queued for this client leaves in one write: a burst costs one wake-up per client."""
+        while batch := await subscription.next_batch():
+            events: list[Event] = []
+            for item in batch:
+                if isinstance(item, Event):
+                    events.append(item)
+                    continue
+                await self._send_events(events)  # ResyncRequired (only ever first), in its place
+                events = []
                 await self.send(
-                    _frame(
-                        {
-                            "type": "resync_required",
-                            "epoch": item.epoch,
-                            "seq": item.seq,
-                            "reason": item.reason,
-                        }
-                    )
+                    _frame({"type": "resync_required", "epoch": item.epoch, "seq": item.seq,
+                            "reason": item.reason})
                 )
+            await self._send_events(events)
         if subscription.overflowed:
             await self.close(
                 CLOSE_SLOW_CONSUMER,
@@ -162,15 +193,32 @@ class _Connection:
         else:
             await self.close(CLOSE_GOING_AWAY, "event stream ended", nursery, "shutdown")
 
+    async def _send_events(self, events: list[Event]) -> None:
+        if not events:
+            return
+        async with self.send_lock:
+            if not self.closed:
+                try:
+                    await self.sock.send_events(events)
+                except ClientGone:
+                    self._gone()
+                    return
+                self.state.metrics.ws_events_sent.inc(len(events))
+
     async def ping(self) -> None:
         interval = self.state.settings.ws_ping_interval
         while True:
             await trio.sleep(interval)
             await self.send('{"type":"ping"}')
 
-    async def read_client(self) -> None:
+    async def read_client(self, nursery: trio.Nursery) -> None:
         while True:
-            message = await websocket.receive()
+            try:
+                message = await self.sock.receive()
+            except ClientGone:
+                self.closed = True  # the transport answered the client's close; nothing more to send
+                nursery.cancel_scope.cancel()
+                return
             try:
                 kind = json.loads(message).get("type")
             except (ValueError, AttributeError):
@@ -193,22 +241,52 @@ class _Connection:
         await self.close(CLOSE_GOING_AWAY, "server shutting down", nursery, "shutdown")
 
 
-async def _authenticate(state: ApiState) -> Principal | None:
+async def serve_event_stream(state: ApiState, sock: EventSocket, request_id: str) -> None:
+    """The whole /v1/events protocol on an accepted WebSocket (see the module docstring)."""
+    try:
+        await _serve(state, sock, request_id)
+    except ClientGone:  # the client left during the handshake or a refusal: nothing to tell anyone
+        return
+
+
+async def _serve(state: ApiState, sock: EventSocket, request_id: str) -> None:
+    principal = await _authenticate(state, sock, request_id)
+    if principal is None:
+        return
+    try:
+        since, types = parse_query(sock.query)
+    except BadQuery as exc:
+        await sock.send_text(_frame({"type": "error", "code": "invalid_parameter", "detail": str(exc)}))
+        await _refuse(state, sock, request_id, CLOSE_BAD_REQUEST, str(exc))
+        return
+    try:
+        await _stream(state, sock, request_id, principal, since, types)
+    except ClientGone:
+        return
+    except Exception:  # a bug: log it with the request id, tell the client 1011, never a traceback
+        log.error("event stream failed", request_id=request_id, client=principal.name, exc_info=True)
+        with trio.move_on_after(state.settings.ws_close_timeout):
+            await sock.close(CLOSE_INTERNAL_ERROR, "internal error; request id " + request_id)
+
+
+async def _authenticate(state: ApiState, sock: EventSocket, request_id: str) -> Principal | None:
     """The client's principal, or None after closing the socket with 4001/4003."""
     tokens = state.services.tokens
     try:
-        token = parse_bearer(websocket.headers.get("Authorization"))
+        token = parse_bearer(sock.authorization)
     except BearerHeaderError as exc:
-        await _refuse(state, CLOSE_FORBIDDEN, str(exc))
+        await _refuse(state, sock, request_id, CLOSE_FORBIDDEN, str(exc))
         return None
     if token is None:
         message: Any = None
         with trio.move_on_after(state.settings.ws_auth_timeout):
-            message = await websocket.receive()
+            try:
+                message = await sock.receive()
+            except ClientGone:
+                return None
         if message is None:
             await _refuse(
-                state,
-                CLOSE_NO_TOKEN,
+                state, sock, request_id, CLOSE_NO_TOKEN,
                 "no token: send Authorization or an auth message within "
                 f"{state.settings.ws_auth_timeout:g} s",
             )
@@ -219,7 +297,8 @@ async def _authenticate(state: ApiState) -> Principal | None:
             body = None
         if not isinstance(body, dict) or body.get("type") != "auth" or not isinstance(body.get("token"), str):
             await _refuse(
-                state, CLOSE_NO_TOKEN, 'no token: the first message must be {"type":"auth","token":"..."}'
+                state, sock, request_id, CLOSE_NO_TOKEN,
+                'no token: the first message must be {"type":"auth","token":"..."}',
             )
             return None
         token = body["token"]
@@ -227,15 +306,67 @@ async def _authenticate(state: ApiState) -> Principal | None:
         return check_token(tokens, token, SCOPE_EVENTS_READ)
     except AuthFailure as exc:
         code = CLOSE_NO_TOKEN if exc.code == "missing_token" else CLOSE_FORBIDDEN
-        await _refuse(state, code, exc.detail)
+        await _refuse(state, sock, request_id, code, exc.detail)
         return None
 
 
-async def _refuse(state: ApiState, code: int, reason: str) -> None:
+async def _refuse(state: ApiState, sock: EventSocket, request_id: str, code: int, reason: str) -> None:
     state.metrics.ws_clients_closed.labels("auth" if code != CLOSE_BAD_REQUEST else "bad_request").inc()
-    log.info("event client refused", code=code, reason=reason, request_id=g.get("request_id"))
+    log.info("event client refused", code=code, reason=reason, request_id=request_id)
     with trio.move_on_after(state.settings.ws_close_timeout):
-        await websocket.close(code, reason[:120])  # RFC 6455 §5.5: control payload <= 125 bytes
+        await sock.close(code, reason[:120])  # RFC 6455 §5.5: control payload <= 125 bytes
+
+
+async def _stream(
+    state: ApiState,
+    sock: EventSocket,
+    request_id: str,
+    principal: Principal,
+    since: tuple[str, int] | None,
+    types: set[str] | None,
+) -> None:
+    bus = state.services.bus
+    subscription = bus.subscribe(since, types=types, queue_size=state.settings.ws_queue_size)
+    # Read synchronously right after subscribing: live events that follow have seq > this value.
+    hello = {"type": "hello", "epoch": bus.epoch, "seq": latest_seq(bus)}
+    connection = _Connection(state, principal, sock, request_id)
+    state.metrics.ws_clients.inc()
+    try:
+        await connection.send(_frame(hello))
+        async with trio.open_nursery() as nursery:
+            connection.nursery = nursery
+            nursery.start_soon(connection.pump_events, subscription, nursery)
+            nursery.start_soon(connection.ping)
+            nursery.start_soon(connection.read_client, nursery)
+            nursery.start_soon(connection.watch_shutdown, nursery)
+    finally:
+        subscription.close()
+        state.metrics.ws_clients.dec()
+
+
+class QuartEventSocket:
+    """The event stream on Quart's websocket: used when an upgrade arrives on a keep-alive connection that
+    hypercorn already serves (the front door in ``api.events_raw`` only sees a connection's first request)."""
+
+    def __init__(self) -> None:
+        # Resolved once: the context-local proxy costs a lookup per attribute.
+        self._ws = websocket._get_current_object()  # type: ignore[attr-defined]
+        self.authorization = self._ws.headers.get("Authorization")
+        self.query = self._ws.args
+
+    async def send_text(self, text: str) -> None:
+        await self._ws.send(text)
+
+    async def send_events(self, events: list[Event]) -> None:
+        for event in events:
+            # The bytes the bus serialised once; a text frame needs str, the JSON is not re-encoded.
+            await self._ws.send(event.text)
+
+    async def receive(self) -> str | bytes:
+        return await self._ws.receive()  # Quart cancels the handler when the client goes away
+
+    async def close(self, code: int, reason: str) -> None:
+        await self._ws.close(code, reason)
 
 
 @blueprint.websocket("/v1/events")
@@ -243,40 +374,4 @@ async def events() -> None:
     state = api_state()
     g.request_id = uuid.uuid4().hex
     await websocket.accept()
-    principal = await _authenticate(state)
-    if principal is None:
-        return
-    try:
-        since, types = parse_query(websocket.args)
-    except BadQuery as exc:
-        await websocket.send(_frame({"type": "error", "code": "invalid_parameter", "detail": str(exc)}))
-        await _refuse(state, CLOSE_BAD_REQUEST, str(exc))
-        return
-
-    try:
-        await _stream(state, principal, since, types)
-    except Exception:  # a bug: log it with the request id, tell the client 1011, never a traceback
-        log.error("event stream failed", request_id=g.request_id, client=principal.name, exc_info=True)
-        with trio.move_on_after(state.settings.ws_close_timeout):
-            await websocket.close(CLOSE_INTERNAL_ERROR, "internal error; request id " + g.request_id)
-
-
-async def _stream(
-    state: ApiState, principal: Principal, since: tuple[str, int] | None, types: set[str] | None
-) -> None:
-    bus = state.services.bus
-    subscription = bus.subscribe(since, types=types, queue_size=state.settings.ws_queue_size)
-    # Read synchronously right after subscribing: live events that follow have seq > this value.
-    hello = {"type": "hello", "epoch": bus.epoch, "seq": latest_seq(bus)}
-    connection = _Connection(state, principal)
-    state.metrics.ws_clients.inc()
-    try:
-        await connection.send(_frame(hello))
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(connection.pump_events, subscription, nursery)
-            nursery.start_soon(connection.ping)
-            nursery.start_soon(connection.read_client)
-            nursery.start_soon(connection.watch_shutdown, nursery)
-    finally:
-        subscription.close()
-        state.metrics.ws_clients.dec()
+    await serve_event_stream(state, QuartEventSocket(), g.request_id)

@@ -1,4 +1,4 @@
-"""Serve the API app with hypercorn on trio.
+"""Serve the API app with hypercorn on trio, behind the event WebSockets' front door (api/events_raw.py).
 
 ``serve`` is meant for ``nursery.start``: it reports the bound URL (port 0 picks a free port), returns when
 ``shutdown_trigger`` returns (open WebSockets are told to close with 1001 first, so shutdown does not wait for
@@ -22,10 +22,15 @@ from functools import partial
 import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.config import Sockets
-from hypercorn.trio.run import worker_serve
-from hypercorn.utils import wrap_app
+from hypercorn.trio.lifespan import Lifespan
+from hypercorn.trio.statsd import StatsdLogger
+from hypercorn.trio.tcp_server import TCPServer
+from hypercorn.trio.worker_context import WorkerContext
+from hypercorn.typing import ConnectionState, LifespanState
+from hypercorn.utils import repr_socket_addr, wrap_app
 from quart_trio import QuartTrio
 
+from api.events_raw import FrontDoor
 from api.services import api_state
 
 
@@ -58,21 +63,49 @@ async def serve(
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
     shutdown_trigger: Callable[[], Awaitable[object]] | None = None,
 ) -> None:
-    """Serve ``app`` on host:port; ``task_status.started("http://host:port")`` once listening."""
+    """Serve ``app`` on host:port; ``task_status.started("http://host:port")`` once listening.
+
+    This is hypercorn's ``trio.run.worker_serve`` (lifespan, worker context, graceful deadline) with one
+    difference: each accepted connection first meets ``api.events_raw.FrontDoor``, which keeps event
+    WebSockets for itself and hands everything else to hypercorn's ``TCPServer`` unchanged. hypercorn is
+    pinned to the minor version whose internals this follows (pyproject.toml).
+    """
     state = api_state(app)
     config = _hypercorn_config(host, port, state.settings.graceful_timeout)
-
-    async def trigger() -> None:
-        if shutdown_trigger is None:
-            await trio.sleep_forever()
-        else:
-            await shutdown_trigger()
-        state.shutting_down.set()
-
+    config.set_statsd_logger_class(StatsdLogger)
     sockets = _listening_sockets(config, state.settings.tcp_user_timeout)
     asgi_app = wrap_app(app, config.wsgi_max_body_size, None)
-    async with trio.open_nursery() as nursery:
-        binds = await nursery.start(
-            partial(worker_serve, asgi_app, config, sockets=sockets, shutdown_trigger=trigger)
-        )
-        task_status.started(binds[0])
+    lifespan_state: LifespanState = {}
+    lifespan = Lifespan(asgi_app, config, lifespan_state)
+    context = WorkerContext(None)
+
+    async with trio.open_nursery() as lifespan_nursery:
+        await lifespan_nursery.start(lifespan.handle_lifespan)
+        await lifespan.wait_for_startup()
+        async with trio.open_nursery() as connections:
+            plain = sockets.insecure_sockets  # no TLS in this daemon: a reverse proxy terminates it
+            listeners = [trio.SocketListener(trio.socket.from_stdlib_socket(sock)) for sock in plain]
+            binds = [f"http://{repr_socket_addr(sock.family, sock.getsockname())}" for sock in plain]
+            front_door = FrontDoor(
+                state,
+                partial(TCPServer, asgi_app, config, context, ConnectionState(lifespan_state.copy())),
+                first_bytes_timeout=config.keep_alive_timeout,
+            )
+            task_status.started(binds[0])
+            try:
+                async with trio.open_nursery() as accepting:
+                    accepting.start_soon(
+                        partial(trio.serve_listeners, front_door, listeners, handler_nursery=connections)
+                    )
+                    if shutdown_trigger is not None:
+                        await shutdown_trigger()
+                    else:
+                        await trio.sleep_forever()
+                    accepting.cancel_scope.cancel()  # stop accepting
+            finally:
+                # Open WebSockets close with 1001 at once; HTTP connections finish within graceful_timeout.
+                state.shutting_down.set()
+                await context.terminated.set()
+                connections.cancel_scope.deadline = trio.current_time() + config.graceful_timeout
+        await lifespan.wait_for_shutdown()
+        lifespan_nursery.cancel_scope.cancel()

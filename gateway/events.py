@@ -115,6 +115,9 @@ class Event:
     time: str
     data: dict[str, Any]
     payload: bytes = field(repr=False, compare=False)
+    # Transport encodings of ``payload`` (e.g. the API's WebSocket frame), computed by the first client that
+    # needs one and shared by all the others: the same bytes fan out to every connection.
+    encodings: dict[str, bytes] = field(default_factory=dict, repr=False, compare=False)
 
     @functools.cached_property
     def text(self) -> str:
@@ -228,6 +231,31 @@ class Subscription:
             if event.seq > self._last_delivered:
                 self._last_delivered = event.seq
                 return event
+
+    async def next_batch(self, limit: int = 512) -> list[Event | ResyncRequired]:
+        """At least one item (waiting for it), plus whatever else is already queued, up to ``limit``.
+
+        A burst (32 lines ringing at once, a campaign's first second) then costs each client one wake-up and
+        one write instead of one per event. An empty list means the subscription ended (closed/overflowed).
+        """
+        try:
+            first = await self.__anext__()
+        except StopAsyncIteration:
+            return []
+        batch = [first]
+        backlog = self._backlog
+        while backlog and len(batch) < limit:
+            batch.append(backlog.popleft())
+        receive = self._receive
+        while len(batch) < limit and not self.overflowed:
+            try:
+                event = receive.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                break
+            if event.seq > self._last_delivered:
+                self._last_delivered = event.seq
+                batch.append(event)
+        return batch
 
     async def _replay(self) -> list[Event | ResyncRequired]:
         assert self._since is not None
