@@ -297,12 +297,15 @@ def bench_latency(args) -> dict:
                 chunks.append(data)
             await proc.wait()
             arrivals = json.loads(b"".join(chunks).strip() or b"[]")
-            lat = sorted((t - injected[text]) * 1000 for text, t in arrivals if text in injected)
+            lat = sorted((t - injected[text]) * 1000 for text, t, _ in arrivals if text in injected)
+            read = sorted((t - injected[text]) * 1000 for text, _, t in arrivals if text in injected)
             to_bus = sorted((published[t] - injected[t]) * 1000 for t in injected if t in published)
             out.update(urc_to_bus_p50_ms=round(statistics.median(to_bus), 2),
                        urc_to_bus_p99_ms=round(to_bus[int(len(to_bus) * 0.99) - 1], 2))
             out.update(samples=len(lat), p50_ms=round(statistics.median(lat), 2),
-                       p99_ms=round(lat[int(len(lat) * 0.99) - 1], 2), max_ms=round(lat[-1], 2))
+                       p99_ms=round(lat[int(len(lat) * 0.99) - 1], 2), max_ms=round(lat[-1], 2),
+                       read_by_client_p50_ms=round(statistics.median(read), 2),
+                       read_by_client_p99_ms=round(read[int(len(read) * 0.99) - 1], 2))
             gw.stop.set()
 
     trio.run(main)

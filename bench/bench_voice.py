@@ -121,12 +121,14 @@ def bench_screenpop(args) -> dict:
                         missing += 1
                     else:
                         last_bit[call_id] = wall
-            to_client = [(t - last_bit[c]) * 1000 for c, t in arrivals if c in last_bit]
+            to_client = [(t - last_bit[c]) * 1000 for c, t, _ in arrivals if c in last_bit]
+            read = [(t - last_bit[c]) * 1000 for c, _, t in arrivals if c in last_bit]
             to_bus = [(published[c] - last_bit[c]) * 1000 for c in last_bit]
             lag = [x for clock in clocks.values() for x in clock.lag_ms()]
             out.update(calls=len(published), calls_expected=total, arrivals=len(arrivals),
                        arrivals_expected=total * args.clients, unmatched_bursts=missing,
                        **summary(to_client, "line_to_client"), **summary(to_bus, "line_to_bus"),
+                       **summary(read, "line_to_read_by_client"),
                        frame_lag_p99_ms=pct(lag, 99), frame_lag_max_ms=round(max(lag), 1),
                        cpu_percent=round(100 * cpu_s / wall_s, 1))
             gw.stop.set()

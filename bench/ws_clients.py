@@ -4,9 +4,17 @@
 
 Each of CLIENTS connections does the handshake by hand, then parses the server's unmasked frames itself, so
 what a benchmark measures is the daemon's fan-out, not a client library's per-message cost. It prints READY
-once every client got its hello frame; each client then stamps the wall clock of every event of TYPE (keyed
-by the event's ``data[KEY]``) until it has COUNT of them or MAX_S seconds passed, and the process prints the
-list of ``[key, time]`` pairs as JSON.
+once every client got its hello frame; each client then stamps every event of TYPE (keyed by the event's
+``data[KEY]``) until it has COUNT of them or MAX_S seconds passed, and the process prints the list of
+``[key, arrived, read]`` triples as JSON:
+
+- ``arrived``: the kernel's receive timestamp of the bytes (SO_TIMESTAMPNS, socket(7)), i.e. when the event
+  reached this client's socket. In the field every CRM client is its own process on its own machine; here one
+  process holds all 100 connections on the one core the daemon leaves free, and reading them one after the
+  other would add this process's own queueing (tens of µs per client per event) to the daemon's figure. When
+  one read returns several frames they all get the timestamp of the newest segment, which can only overstate
+  the latency.
+- ``read``: the wall clock when this process parsed the frame (includes that queueing), reported alongside.
 """
 
 from __future__ import annotations
@@ -14,6 +22,8 @@ from __future__ import annotations
 import base64
 import json
 import os
+import socket
+import struct
 import sys
 import time
 from pathlib import Path
@@ -33,6 +43,20 @@ def _frame_length(buf: bytes) -> tuple[int, int] | None:
     return (10, int.from_bytes(buf[2:10], "big")) if len(buf) >= 10 else None
 
 
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # Linux value; SCM_TIMESTAMPNS is the same number
+_ANCILLARY = socket.CMSG_SPACE(16)
+
+
+async def _receive(sock) -> tuple[bytes, float]:
+    """Bytes from the socket and the kernel's receive time of the newest of them (wall clock seconds)."""
+    data, ancillary, _flags, _addr = await sock.recvmsg(65536, _ANCILLARY)
+    for level, kind, value in ancillary:
+        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(value) >= 16:
+            seconds, nanoseconds = struct.unpack("qq", value[:16])
+            return data, seconds + nanoseconds / 1e9
+    return data, time.time()
+
+
 async def _client(url: str, token: str, wanted: str, key: str, count: int, ready, arrivals: list) -> None:
     host, port_path = url.removeprefix("ws://").split(":", 1)
     port, path = port_path.split("/", 1)
@@ -46,11 +70,14 @@ async def _client(url: str, token: str, wanted: str, key: str, count: int, ready
     while b"\r\n\r\n" not in buf:
         buf += await stream.receive_some(65536)
     buf = buf.split(b"\r\n\r\n", 1)[1]
+    sock = stream.socket
+    sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+    arrived = time.time()
     needle = f'"{wanted}"'.encode()
     got, greeted = 0, False
     while got < count:
         while (lengths := _frame_length(buf)) is None or len(buf) < sum(lengths):
-            data = await stream.receive_some(65536)
+            data, arrived = await _receive(sock)
             if not data:
                 return
             buf += data
@@ -63,7 +90,7 @@ async def _client(url: str, token: str, wanted: str, key: str, count: int, ready
         elif needle in payload:
             event = json.loads(payload)
             if event.get("type") == wanted:
-                arrivals.append((event["data"].get(key), now))
+                arrivals.append((event["data"].get(key), arrived, now))
                 got += 1
 
 
