@@ -267,3 +267,19 @@ async def test_voice_modem_line_incoming_caller_id_answer_dtmf_and_busy_hangup(t
     assert incoming["caller"]["standard"] == "modem" and incoming["rings"] == 1
     assert digits == ["4", "2"] and collected == ["42"]
     assert ended["cause"] == "far_end_busy" and ready["duration_s"] > 0
+
+
+async def test_caller_id_before_the_first_ring_pops_up_in_one_commit(tmp_path):
+    """NTT Number Display: the line starts ringing and the caller is known at the same instant; the state
+    change and the screen pop are journalled together, in that order, with the call row."""
+    line = PstnLine("jp")
+    async with usb_gateway(tmp_path, line) as gw:
+        line.incoming_call(Caller("0312345678"), max_rings=1)
+        incoming = await gw.until("call.incoming")
+        stored = await gw.service.get_call(incoming["call_id"])
+    pop = gw.seen[-1]
+    before = gw.seen[-2]
+    assert before.type == "line.state_changed"
+    assert before.data == {"line": "line1", "old": "idle", "new": "ringing"}
+    assert before.seq == pop.seq - 1 and before.time == pop.time  # one unit, one commit
+    assert stored["caller"]["raw"] == "0312345678" and stored["state"] == "ringing"
