@@ -113,7 +113,7 @@ async def _start_simulators(config: Config, nursery: trio.Nursery) -> SimulatedD
     return found
 
 
-def _line_devices(config: Config, sims: SimulatedDevices) -> dict[str, Any]:
+def _line_devices(config: Config, sims: SimulatedDevices, watch: Any) -> dict[str, Any]:
     """One LineDevice per configured voice line, over its real driver (simulated hardware for the demo)."""
     from drivers.voice.shared_dsp import SharedLineDsp
     from drivers.voice.usbbox import UsbVoiceBox
@@ -125,10 +125,12 @@ def _line_devices(config: Config, sims: SimulatedDevices) -> dict[str, Any]:
     for line in config.voice.lines:
         if line.driver == "usb_box":
             box = UsbVoiceBox(line.name, serial=line.serial, backend=sims.usb_backends.get(line.name),
-                              tones=line.tones, cid=line.cid, audio_queue=500, dsp=shared_dsp)
+                              tones=line.tones, cid=line.cid, audio_queue=500, dsp=shared_dsp,
+                              device_watch=watch)
             devices[line.name] = UsbBoxLine(box)
         else:
-            modem = VoiceModem(line.name, str(config.resolve(line.port)), tones=line.tones, cid=line.cid)
+            modem = VoiceModem(line.name, str(config.resolve(line.port)), tones=line.tones, cid=line.cid,
+                               device_watch=watch)
             devices[line.name] = ModemLine(modem)
     return devices
 
@@ -146,6 +148,7 @@ async def run_gateway(config: Config, *, task_status=trio.TASK_STATUS_IGNORED,
     from api.services import ApiServices, ApiSettings
     from api.token_db import DbTokenSettings, DbTokenStore
     from drivers.gsm.modem import GsmModem
+    from drivers.hotplug import DeviceWatch
     from gateway.assembly import build_services
     from gateway.events import EventBus
     from gateway.store.sqlite import SqliteStore
@@ -159,6 +162,9 @@ async def run_gateway(config: Config, *, task_status=trio.TASK_STATUS_IGNORED,
         interval = watchdog_interval()
         if interval is not None:
             root.start_soon(keep_watchdog_alive, notifier, interval)
+        # Replugged modems and boxes are retried the moment the kernel/udev reports them (drivers/hotplug.py).
+        watch = DeviceWatch()
+        await root.start(watch.run)
         sims = await _start_simulators(config, root)
         store = await SqliteStore.open(config.resolve(config.store.path),
                                        synchronous=config.store.synchronous)
@@ -171,10 +177,11 @@ async def run_gateway(config: Config, *, task_status=trio.TASK_STATUS_IGNORED,
             modems = {
                 m.name: GsmModem(m.name, str(config.resolve(m.port)), baudrate=m.baudrate, pin=m.pin,
                                  smsc=m.smsc, quirks=m.quirks, command_timeout=m.command_timeout,
-                                 send_timeout=m.send_timeout)
+                                 send_timeout=m.send_timeout, device_watch=watch)
                 for m in config.modems
             }
-            services = await build_services(config, store, bus, modems, _line_devices(config, sims), http)
+            services = await build_services(config, store, bus, modems, _line_devices(config, sims, watch),
+                                            http)
             # Config tokens plus those issued with `hcrm-gateway token create`, followed while running.
             tokens = DbTokenStore.from_config(
                 config.api.tokens, store, settings=DbTokenSettings(**config.api.db_tokens.model_dump()))

@@ -11,7 +11,9 @@ the gateway committed them (faucamp/python-gsmmodem #42), and only by index (bab
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Literal
 
 import structlog
@@ -30,6 +32,7 @@ from drivers.gsm.at import (
 )
 from drivers.gsm.errors import ModemUnavailable, SendError, classify_cme, classify_cms
 from drivers.gsm.quirks import GENERIC, ModemQuirks, quirks_named, select_quirks
+from drivers.hotplug import DeviceWatch
 from drivers.serial_port import PortError, PortGone, SerialPort
 
 __all__ = [
@@ -172,6 +175,7 @@ class GsmModem:
         monitor_interval: float = 30.0,
         event_buffer: int = 100,
         reset_settle: float = RESET_SETTLE_SECONDS,
+        device_watch: DeviceWatch | None = None,
     ) -> None:
         if not init_retry_backoff:
             raise ValueError("init_retry_backoff needs at least one delay")
@@ -185,6 +189,8 @@ class GsmModem:
         self._command_timeout = command_timeout
         self._send_timeout = send_timeout
         self._backoff = tuple(init_retry_backoff)
+        # device_watch: an absent modem is retried at once when udev reports a port arriving (hotplug.py).
+        self._device_watch = device_watch
         self._monitor_interval = monitor_interval
         self._event_send, self.events = trio.open_memory_channel[ModemEvent](event_buffer)
         self.status = ModemStatus(name=name)
@@ -306,7 +312,7 @@ class GsmModem:
                         self._log.warning("modem_absent", reason=str(exc))
                     self._set_status(state="absent", last_error=str(exc))
                     mark_started()
-                    await self._pause(self._delay(failures))
+                    await self._pause(self._delay(failures), until_device=True)
                     failures += 1
                     continue
                 except PortError as exc:
@@ -330,7 +336,7 @@ class GsmModem:
                     self._log.warning("modem_absent", reason=self._gone)
                     self._outstanding.clear()
                     self._set_status(state="absent", last_error=self._gone)
-                    await self._pause(self._delay(failures))
+                    await self._pause(self._delay(failures), until_device=True)
                 else:
                     self._set_status(state="down")
                     self._log.error("modem_down", reason=self.status.last_error, retry=self._delay(failures))
@@ -344,9 +350,19 @@ class GsmModem:
     def _delay(self, failures: int) -> float:
         return self._backoff[min(failures, len(self._backoff) - 1)]
 
-    async def _pause(self, seconds: float) -> None:
+    async def _pause(self, seconds: float, *, until_device: bool = False) -> None:
+        """Wait ``seconds``; less when stopped, or (``until_device`` with a watch) when a port arrives."""
         with trio.move_on_after(seconds):
-            await self._stop_event.wait()
+            if not until_device or self._device_watch is None:
+                await self._stop_event.wait()
+                return
+            async with trio.open_nursery() as nursery:
+                async def wake_on(wait: Callable[[], Awaitable[object]]) -> None:
+                    await wait()
+                    nursery.cancel_scope.cancel()
+
+                nursery.start_soon(wake_on, self._stop_event.wait)
+                nursery.start_soon(wake_on, partial(self._device_watch.wait_retry, seconds))
 
     async def _session(self, port: SerialPort, mark_started) -> str:
         """One open port until "stopped", "gone" (unplugged) or "down" (initialisation kept failing)."""

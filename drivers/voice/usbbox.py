@@ -8,8 +8,9 @@ Layers
 * :class:`UsbVoiceBox` (trio): finds the box with pyusb (``backend=`` for tests), runs every pyusb call
   in ``trio.to_thread.run_sync`` under one ``trio.Lock`` per device, a reader task per input stream,
   and hot-plug: a failed transfer ends the session with :class:`DeviceLost`, the box is looked for again
-  by vendor/product id (and serial) with a short backoff, and :class:`DeviceReady` says it is back.
-  pyusb exposes no hot-plug callbacks, so re-finding is a bounded backoff, not an event.
+  by vendor/product id (and serial) at once when the kernel reports a USB device arriving (a
+  ``drivers.hotplug.DeviceWatch``: pyusb itself has no hot-plug callbacks), else on a bounded backoff, and
+  :class:`DeviceReady` says it is back.
 
 Profile interface (how a vendor box is added)
 =============================================
@@ -49,6 +50,7 @@ import usb.util
 
 from drivers.dsp import events as dsp
 from drivers.dsp.pipeline import LineAnalyzer
+from drivers.hotplug import DeviceWatch
 from drivers.voice.events import (
     DeviceLost,
     DeviceReady,
@@ -361,8 +363,11 @@ class UsbVoiceBox:
         event_queue: int = 1000,
         audio_queue: int = 0,
         dsp: SharedLineDsp | None = None,
+        device_watch: DeviceWatch | None = None,
     ) -> None:
         self.name = name
+        # device_watch: retry at once when the system reports a USB device arriving (drivers/hotplug.py).
+        self.device_watch = device_watch
         # dsp: analyse this line in the process's shared batched DSP instead of a LineAnalyzer of its own.
         self.dsp = dsp
         # Registered now, so that the shared DSP's first cohort waits for every box of the process.
@@ -380,6 +385,12 @@ class UsbVoiceBox:
         self.state = "absent"  # absent | ready
         self._session = None
         self._log = structlog.get_logger(__name__).bind(box=name)
+
+    async def _wait_retry(self, delay: float) -> None:
+        if self.device_watch is None:
+            await trio.sleep(delay)
+        else:
+            await self.device_watch.wait_retry(delay)
 
     # -- discovery
     def _find(self):
@@ -411,7 +422,7 @@ class UsbVoiceBox:
                 if not started:
                     started = True
                     task_status.started()
-                await trio.sleep(self.reconnect_backoff[min(attempt, len(self.reconnect_backoff) - 1)])
+                await self._wait_retry(self.reconnect_backoff[min(attempt, len(self.reconnect_backoff) - 1)])
                 attempt += 1
                 continue
             attempt = 0

@@ -30,6 +30,7 @@ import numpy as np
 import structlog
 import trio
 
+from drivers.hotplug import DeviceWatch
 from drivers.serial_port import PortError, PortGone, SerialPort
 from drivers.voice.callerid_text import CallerIdTextParser, callerid_enable_commands, parse_callerid_lines
 from drivers.voice.events import DeviceLost, DeviceReady, Ring, ToneEvent
@@ -243,6 +244,7 @@ class VoiceModem:
         dtmf_repeat_gap: float = 0.1,
         reconnect_backoff: tuple[float, ...] = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0),
         event_queue: int = 1000,
+        device_watch: DeviceWatch | None = None,
     ) -> None:
         if not reconnect_backoff:
             raise ValueError("reconnect_backoff needs at least one delay")
@@ -260,6 +262,8 @@ class VoiceModem:
         self.playback_lead = playback_lead
         self.dtmf_repeat_gap = dtmf_repeat_gap
         self.reconnect_backoff = reconnect_backoff
+        # device_watch: retry at once when udev reports a serial port arriving (drivers/hotplug.py).
+        self.device_watch = device_watch
         self._send_event, self.events = trio.open_memory_channel(event_queue)
         self.state = "absent"  # absent | initializing | ready
         self.capabilities: Capabilities | None = None
@@ -298,7 +302,7 @@ class VoiceModem:
                 if attempt == 0:
                     self._log.warning("voice_modem_absent", reason=str(exc))
                 mark_started()
-                await trio.sleep(self.reconnect_backoff[min(attempt, len(self.reconnect_backoff) - 1)])
+                await self._wait_retry(attempt)
                 attempt += 1
                 continue
             try:
@@ -312,8 +316,15 @@ class VoiceModem:
             if was_ready:
                 attempt = 0
                 await self._send_event.send(DeviceLost(reason))
-            await trio.sleep(self.reconnect_backoff[min(attempt, len(self.reconnect_backoff) - 1)])
+            await self._wait_retry(attempt)
             attempt += 1
+
+    async def _wait_retry(self, attempt: int) -> None:
+        delay = self.reconnect_backoff[min(attempt, len(self.reconnect_backoff) - 1)]
+        if self.device_watch is None:
+            await trio.sleep(delay)
+        else:
+            await self.device_watch.wait_retry(delay)
 
     async def _session(self, port: SerialPort, mark_started: Callable[[], None]) -> bool:
         self._port, self._lost_reason, self.state = port, None, "initializing"
