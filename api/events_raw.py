@@ -17,6 +17,7 @@ is served by the Quart route, so both paths stay in use and in the tests.
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -123,6 +124,10 @@ class RawEventSocket:
         self._fragments: list[Any] = []
         self._fragment_size = 0
         self._gone = False
+        self._closing = False
+        self._fd = stream.socket.fileno()
+        self._tail = b""  # the unsent end of a frame written synchronously (write_now); goes out first
+        self._tail_waiting = trio.Event()
         headers = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in
                    request.extra_headers}
         self.authorization = headers.get("authorization")
@@ -130,11 +135,40 @@ class RawEventSocket:
 
     async def _write(self, data: bytes) -> None:
         async with self._write_lock:
+            if self._tail:
+                data, self._tail = self._tail + data, b""
             try:
                 await self._stream.send_all(data)
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 self._gone = True
                 raise ClientGone() from exc
+
+    def write_now(self, event: Event) -> bool:
+        """Write the event's frame synchronously if nothing else is being written: the bus calls this for
+        an idle client (``Subscription.direct_sink``), so a live event costs one non-blocking ``write(2)``
+        per client and no task switch. False: not now (the event is queued and sent by the client's task).
+        A partial write keeps the rest as the tail that goes out before anything else."""
+        if self._gone or self._closing or self._tail or self._write_lock.locked():
+            return False
+        frame = event_frame(event)
+        try:
+            sent = os.write(self._fd, frame)
+        except BlockingIOError:
+            return False
+        except OSError:  # reset or broken: the queued path meets the same error and ends the connection
+            return False
+        if sent < len(frame):
+            self._tail = frame[sent:]
+            self._tail_waiting.set()
+        return True
+
+    async def flush_tails(self) -> None:
+        """Sends the tail a partial ``write_now`` left (the client's task does it too when it writes)."""
+        while True:
+            await self._tail_waiting.wait()
+            self._tail_waiting = trio.Event()
+            if self._tail:
+                await self._write(b"")
 
     async def send_text(self, text: str) -> None:
         await self._write(text_frame(text.encode()))
@@ -191,11 +225,13 @@ class RawEventSocket:
                 pass
 
     async def close(self, code: int, reason: str) -> None:
+        self._closing = True
         if self._ws.state is ConnectionState.OPEN:
             await self._write(self._ws.send(CloseConnection(code=code, reason=reason)))
 
     async def finish(self, wait_s: float) -> None:
         """After our close frame: wait (bounded) for the client's, then close TCP (RFC 6455 §7.1.1)."""
+        self._closing = True  # no synchronous write may follow (the descriptor is about to be closed)
         try:
             with trio.move_on_after(wait_s):
                 while self._ws.state is ConnectionState.LOCAL_CLOSING and not self._gone:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 import structlog
@@ -167,6 +167,17 @@ class _Connection:
                 except ClientGone:
                     pass
         nursery.cancel_scope.cancel()
+
+    def sink(self, write_now: Callable[[Event], bool]) -> Callable[[Event], bool]:
+        events_sent = self.state.metrics.ws_events_sent
+
+        def deliver(event: Event) -> bool:
+            if self.closed or not write_now(event):
+                return False
+            events_sent.inc()
+            return True
+
+        return deliver
 
     async def pump_events(self, subscription: Any, nursery: trio.Nursery) -> None:
         """Everything queued for this client leaves in one write: a burst costs one wake-up per client."""
@@ -335,6 +346,10 @@ async def _stream(
         await connection.send(_frame(hello))
         async with trio.open_nursery() as nursery:
             connection.nursery = nursery
+            write_now = getattr(sock, "write_now", None)
+            if write_now is not None:  # the raw transport: live events leave from the bus's fan-out itself
+                subscription.direct_sink = connection.sink(write_now)
+                nursery.start_soon(sock.flush_tails)
             nursery.start_soon(connection.pump_events, subscription, nursery)
             nursery.start_soon(connection.ping)
             nursery.start_soon(connection.read_client, nursery)

@@ -188,11 +188,21 @@ class Subscription:
         self._last_delivered = self._live_from
         self.overflowed = False
         self.closed = False
+        # Optional ``sink(event) -> bool`` that delivers an event synchronously (the API writes the frame to
+        # the client's socket if it takes it at once). Used only while the consumer waits with nothing
+        # queued, so order is kept; False means "not now" and the event is queued as usual.
+        self.direct_sink: Callable[[Event], bool] | None = None
+        self._idle = False  # the consumer waits in receive() and the queue is empty
 
     def _offer(self, event: Event) -> None:
         """Called by the bus for each committed event; never blocks."""
         if self.closed or (self._types is not None and event.type not in self._types):
             return
+        if self._idle:
+            if self.direct_sink is not None and self.direct_sink(event):
+                self._last_delivered = event.seq
+                return
+            self._idle = False  # this one is queued: later events must queue behind it
         try:
             self._send.send_nowait(event)
         except trio.WouldBlock:
@@ -223,7 +233,14 @@ class Subscription:
             return self._backlog.popleft()
         while True:
             try:
-                event = await self._receive.receive()
+                try:
+                    event = self._receive.receive_nowait()
+                except trio.WouldBlock:
+                    self._idle = True
+                    try:
+                        event = await self._receive.receive()
+                    finally:
+                        self._idle = False
             except (trio.EndOfChannel, trio.ClosedResourceError):
                 raise StopAsyncIteration from None
             if self.overflowed:
