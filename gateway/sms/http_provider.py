@@ -2,9 +2,9 @@
 
 Layers, like the modem driver: ``build_request`` (values -> method, URL, headers, body bytes) and
 ``classify_response`` (status, headers, body -> accepted / temporary / permanent, provider id) are pure and
-tested without a network; ``HttpSmsRoute`` is the thin trio part around them (httpx.AsyncClient, a
-trio.CapacityLimiter for concurrency, a token bucket on trio's clock for the rate, a cancel scope per attempt,
-retries with exponential backoff and jitter).
+tested without a network; ``HttpSmsRoute`` is the thin trio part around them (httpx.AsyncClient over
+gateway/sms/http_transport.py, a trio.CapacityLimiter for concurrency, a token bucket on trio's clock for the
+rate, a cancel scope per attempt, retries with exponential backoff and jitter).
 
 Outcome rules (``classify_response``):
   * status in ``success.status_codes`` and every configured body rule holds -> accepted, provider id
@@ -31,26 +31,26 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import random
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 from urllib.parse import quote, urlencode, urlsplit
+from urllib.request import getproxies
 
 import httpx
 import structlog
 import trio
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from gateway.sms.http_transport import H11Transport
 from gateway.sms.templates import MissingVariables, TemplateError, parse_placeholders, substitute
 
 log = structlog.get_logger("sms.http_provider")
 
 BUILTIN_PLACEHOLDERS = ("to", "to_digits", "text", "message_id", "sender", "callback_url", "provider")
 _ERROR_BODY_CHARS = 200  # how much of a provider's answer an error message quotes
-LANE_CONNECTIONS = 4  # connections per httpx client (see HttpSmsRoute)
 
 
 # --- JSON path subset --------------------------------------------------------------------------------------
@@ -352,7 +352,28 @@ def placeholder_values(
     return values
 
 
+_WHOLE_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+@functools.lru_cache(maxsize=1024)
+def _shape(text: str) -> str | None:
+    """The empty string for text without braces (it renders as itself), the name when the text is exactly one
+    ``{name}``, else None."""
+    if "{" not in text and "}" not in text:
+        return ""
+    m = _WHOLE_PLACEHOLDER.fullmatch(text)
+    return m.group(1) if m else None
+
+
 def _fill(text: str, values: Mapping[str, str], where: str) -> str:
+    # Fast paths for the two common shapes, with substitute()'s result; anything else goes through it.
+    shape = _shape(text)
+    if shape == "":
+        return text
+    if shape is not None:
+        value = values.get(shape)
+        if isinstance(value, str) and value.strip():  # substitute() treats a blank value as missing
+            return value
     try:
         return substitute(text, values).text
     except MissingVariables as exc:
@@ -361,7 +382,7 @@ def _fill(text: str, values: Mapping[str, str], where: str) -> str:
 
 def build_request(config: HttpProviderConfig, values: Mapping[str, str]) -> PreparedRequest:
     """Method, URL, headers and body bytes for one message. Raises RequestBuildError."""
-    url_values = {k: quote(v, safe="") for k, v in values.items()}
+    url_values = {k: quote(values[k], safe="") for k in parse_placeholders(config.url) if k in values}
     url = _fill(config.url, url_values, "url")
     if config.query:
         query = {k: _fill(v, values, f"query.{k}") for k, v in config.query.items()}
@@ -524,13 +545,22 @@ class TokenBucket:
             self._tokens -= 1
 
 
-@dataclass
-class _Lane:
-    client: httpx.AsyncClient
-    in_flight: int = 0
+def _proxied(url: str) -> bool:
+    """Whether proxy environment variables cover ``url``'s scheme (as httpx reads them: http, https, all)."""
+    proxies = getproxies()
+    return bool(proxies.get("all") or proxies.get(urlsplit(url).scheme))
 
-    def load(self) -> int:
-        return self.in_flight
+
+def _static_url(config: HttpProviderConfig) -> tuple[str, httpx.URL] | None:
+    """The request URL as text and as a parsed httpx.URL when it is the same for every message (no
+    placeholders, no query parameters): httpx then does not parse it again for each request."""
+    if config.query or parse_placeholders(config.url):
+        return None
+    text = substitute(config.url, {}).text
+    try:
+        return text, httpx.URL(text)
+    except httpx.InvalidURL:
+        return None  # reported per attempt, as for any URL httpx refuses
 
 
 @dataclass(frozen=True)
@@ -546,10 +576,13 @@ class ProviderResult:
 class HttpSmsRoute:
     """Sends SMS through one configured HTTP provider. Use as ``async with HttpSmsRoute(config) as route``.
 
-    Connections: ``concurrency`` keep-alive connections spread over small httpx clients ("lanes") of
-    ``LANE_CONNECTIONS`` each, every attempt going to the least busy lane. One big httpx pool costs
-    O(connections x queued requests) per request in httpcore 1.0.x (encode/httpcore PR #1035, httpx #3215):
-    at 32 connections that was 1.5 ms of CPU per request against 0.6 ms at 8. ``transport`` replaces the
+    One ``httpx.AsyncClient`` over ``H11Transport`` (gateway/sms/http_transport.py): h11 on trio streams with
+    a keep-alive pool of up to ``concurrency`` connections. It replaced httpx's default transport (httpcore),
+    which cost O(connections x queued requests) per request in its pool (encode/httpcore PR #1035, httpx
+    #3215) and made the route spread its connections over several small clients ("lanes", no longer
+    needed); the route went from 500-540 to 220-250 us of CPU per message in bench/bench_http_provider.py.
+    When an HTTP(S)_PROXY/ALL_PROXY environment variable is set, the route keeps httpx's default transport,
+    which applies the proxy settings (httpx ignores them when given a transport). ``transport`` replaces the
     network in tests (httpx.MockTransport); ``rng`` makes the jitter reproducible.
     """
 
@@ -561,20 +594,18 @@ class HttpSmsRoute:
         rng: random.Random | None = None,
     ):
         self.config = config
-        lanes = math.ceil(config.concurrency / LANE_CONNECTIONS)
-        per_lane = math.ceil(config.concurrency / lanes)
-        tls = httpx.create_ssl_context()  # one TLS context (certificate store) shared by the lanes
-        self._lanes = [
-            _Lane(
-                httpx.AsyncClient(
-                    timeout=None,  # the per-attempt cancel scope is the one timeout
-                    limits=httpx.Limits(max_connections=per_lane, max_keepalive_connections=per_lane),
-                    verify=tls,
-                    transport=transport,
-                )
-            )
-            for _ in range(lanes)
-        ]
+        tls = httpx.create_ssl_context()
+        if transport is None and not _proxied(config.url):
+            transport = H11Transport(ssl_context=tls, max_idle=config.concurrency)
+        self._client = httpx.AsyncClient(
+            timeout=None,  # the per-attempt cancel scope is the one timeout
+            limits=httpx.Limits(
+                max_connections=config.concurrency, max_keepalive_connections=config.concurrency
+            ),  # used only by httpx's own transport (proxies)
+            verify=tls,
+            transport=transport,
+        )
+        self._static_url = _static_url(config)
         self._limiter = trio.CapacityLimiter(config.concurrency)
         self._bucket = (
             TokenBucket(config.rate_limit.per_second, config.rate_limit.burst) if config.rate_limit else None
@@ -592,8 +623,7 @@ class HttpSmsRoute:
         await self.aclose()
 
     async def aclose(self) -> None:
-        for lane in self._lanes:
-            await lane.client.aclose()
+        await self._client.aclose()
 
     async def send(
         self,
@@ -648,16 +678,15 @@ class HttpSmsRoute:
         return ProviderResult(False, None, status_code, False, gave_up, policy.attempts)
 
     async def _attempt(self, request: PreparedRequest) -> tuple[int | None, Classification]:
+        static = self._static_url
+        url: str | httpx.URL = static[1] if static is not None and request.url == static[0] else request.url
         async with self._limiter:
             if self._bucket is not None:
                 await self._bucket.acquire()
-            # With at most `concurrency` attempts in flight, the least busy lane always has a free connection.
-            lane = min(self._lanes, key=_Lane.load)
-            lane.in_flight += 1
             try:
                 with trio.fail_after(self.config.timeout_s):
-                    response = await lane.client.request(
-                        request.method, request.url, headers=request.headers, content=request.content
+                    response = await self._client.request(
+                        request.method, url, headers=request.headers, content=request.content
                     )
             except trio.TooSlowError:
                 return None, Classification("temporary", error=f"no answer in {self.config.timeout_s:g} s")
@@ -670,8 +699,6 @@ class HttpSmsRoute:
                 # E.g. an undecodable Content-Encoding: the provider answered, perhaps accepting the message,
                 # so a retry could duplicate it.
                 return None, Classification("permanent", error=f"{type(exc).__name__}: {exc}")
-            finally:
-                lane.in_flight -= 1
         return response.status_code, classify_response(
             self.config, response.status_code, response.headers, response.content
         )
