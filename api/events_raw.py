@@ -143,22 +143,23 @@ class RawEventSocket:
                 self._gone = True
                 raise ClientGone() from exc
 
-    def write_now(self, event: Event) -> bool:
-        """Write the event's frame synchronously if nothing else is being written: the bus calls this for
-        an idle client (``Subscription.direct_sink``), so a live event costs one non-blocking ``write(2)``
-        per client and no task switch. False: not now (the event is queued and sent by the client's task).
-        A partial write keeps the rest as the tail that goes out before anything else."""
+    def write_now(self, events: list[Event]) -> bool:
+        """Write the events' frames synchronously, in one ``write(2)``, if nothing else is being written: the
+        bus calls this with a commit's events for an idle client (``Subscription.direct_sink``), so live
+        events cost one non-blocking write per client per commit and no task switch. False: not now (the
+        events are queued and sent by the client's task). A partial write keeps the rest as the tail that
+        goes out before anything else."""
         if self._gone or self._closing or self._tail or self._write_lock.locked():
             return False
-        frame = event_frame(event)
+        data = event_frame(events[0]) if len(events) == 1 else b"".join([event_frame(e) for e in events])
         try:
-            sent = os.write(self._fd, frame)
+            sent = os.write(self._fd, data)
         except BlockingIOError:
             return False
         except OSError:  # reset or broken: the queued path meets the same error and ends the connection
             return False
-        if sent < len(frame):
-            self._tail = frame[sent:]
+        if sent < len(data):
+            self._tail = data[sent:]
             self._tail_waiting.set()
         return True
 

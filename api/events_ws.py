@@ -168,13 +168,13 @@ class _Connection:
                     pass
         nursery.cancel_scope.cancel()
 
-    def sink(self, write_now: Callable[[Event], bool]) -> Callable[[Event], bool]:
+    def sink(self, write_now: Callable[[list[Event]], bool]) -> Callable[[list[Event]], bool]:
         events_sent = self.state.metrics.ws_events_sent
 
-        def deliver(event: Event) -> bool:
-            if self.closed or not write_now(event):
+        def deliver(events: list[Event]) -> bool:
+            if self.closed or not write_now(events):
                 return False
-            events_sent.inc()
+            events_sent.inc(len(events))
             return True
 
         return deliver

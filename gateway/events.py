@@ -188,29 +188,36 @@ class Subscription:
         self._last_delivered = self._live_from
         self.overflowed = False
         self.closed = False
-        # Optional ``sink(event) -> bool`` that delivers an event synchronously (the API writes the frame to
-        # the client's socket if it takes it at once). Used only while the consumer waits with nothing
-        # queued, so order is kept; False means "not now" and the event is queued as usual.
-        self.direct_sink: Callable[[Event], bool] | None = None
+        # Optional ``sink(events) -> bool`` that delivers one commit's events synchronously (the API writes
+        # their frames to the client's socket in one write if it takes them at once). Used only while the
+        # consumer waits with nothing queued, so order is kept; False means "not now": they are queued.
+        self.direct_sink: Callable[[list[Event]], bool] | None = None
         self._idle = False  # the consumer waits in receive() and the queue is empty
 
-    def _offer(self, event: Event) -> None:
-        """Called by the bus for each committed event; never blocks."""
-        if self.closed or (self._types is not None and event.type not in self._types):
+    def _offer(self, events: list[Event]) -> None:
+        """Called by the bus with each commit's events, in seq order; never blocks."""
+        if self.closed:
             return
-        if self._idle:
-            if self.direct_sink is not None and self.direct_sink(event):
-                self._last_delivered = event.seq
+        if self._types is not None:
+            events = [event for event in events if event.type in self._types]
+            if not events:
                 return
-            self._idle = False  # this one is queued: later events must queue behind it
-        try:
-            self._send.send_nowait(event)
-        except trio.WouldBlock:
-            self.overflowed = True
-            self._end()
-            log.warning("subscription overflowed", queue_size=self._send.statistics().max_buffer_size)
-        except (trio.ClosedResourceError, trio.BrokenResourceError):
-            pass
+        if self._idle:
+            if self.direct_sink is not None and self.direct_sink(events):
+                self._last_delivered = events[-1].seq
+                return
+            self._idle = False  # these are queued: later events must queue behind them
+        send = self._send.send_nowait
+        for event in events:
+            try:
+                send(event)
+            except trio.WouldBlock:
+                self.overflowed = True
+                self._end()
+                log.warning("subscription overflowed", queue_size=self._send.statistics().max_buffer_size)
+                return
+            except (trio.ClosedResourceError, trio.BrokenResourceError):
+                return
 
     def close(self) -> None:
         self._end()
@@ -371,5 +378,5 @@ class EventBus:
                     listener(event)
                 except Exception:  # a listener bug must not stop fan-out to the others
                     log.exception("event listener failed", listener=repr(listener), event_type=event.type)
-            for sub in list(self._subscriptions):
-                sub._offer(event)
+        for sub in list(self._subscriptions):  # a commit's events together: one write per client
+            sub._offer(events)
