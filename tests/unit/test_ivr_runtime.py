@@ -620,3 +620,57 @@ async def test_digits_typed_during_a_prompt_feed_the_next_collect(autojump_clock
     await s.run()
     assert call.vars["patient_number"] == "123456"
     assert call.played[:2] == ["ja/welcome", "ja/your_patient_number_is"]  # the greeting was skipped
+
+
+class SlowJournal:
+    """A publish that takes ``commit_s`` (trio time) per event, like group commits queued behind 31 others."""
+
+    def __init__(self, commit_s: float) -> None:
+        self.commit_s = commit_s
+        self.events: list[tuple[float, str, dict]] = []
+
+    async def publish(self, type_: str, data: dict) -> None:
+        await trio.sleep(self.commit_s)
+        self.events.append((trio.current_time(), type_, data))
+
+
+async def test_the_next_prompt_does_not_wait_for_the_journal_and_events_keep_their_order(
+    autojump_clock, tmp_path
+):
+    tree = tree_of("""
+        start: {type: menu, greeting: "{lang}/main_menu", options: {"1": info}, tries: 1, on_failure: bye}
+        info: {type: play, prompts: ["{lang}/welcome"], next: bye}
+        bye: {type: hangup, prompt: "{lang}/goodbye"}
+    """)
+    call = FakeCall(presses=[(0.5, "1")])
+    journal = SlowJournal(commit_s=0.2)
+    services = SessionServices(prompts_dir=PROMPTS, publish=journal.publish, recordings_dir=tmp_path / "rec")
+    s = IvrSession(tree, 3, call, clock=lambda: FRIDAY_10, services=services)
+    assert await s.run() == "hangup"
+    plays = [(t, name) for t, kind, name in call.log if kind == "play"]
+    key_at = 0.5
+    info_started = next(t for t, name in plays if name == "ja/welcome")
+    assert info_started - key_at < 0.2  # the prompt started before the menu's ivr.node was committed
+    types = [t for _, t, _ in journal.events]
+    nodes = [d["node"] for _, t, d in journal.events if t == "ivr.node"]
+    assert types[0] == "ivr.entered" and nodes == ["start", "info", "bye"]
+    hangup_at = next(t for t, kind, _ in call.log if kind == "hangup")
+    assert journal.events[-1][0] <= hangup_at  # every event of the walk is journalled before the hang-up
+
+
+async def test_events_emitted_before_a_cancelled_walk_still_reach_the_journal(autojump_clock, tmp_path):
+    tree = tree_of("""
+        start: {type: play, prompts: ["{lang}/welcome"], next: again}
+        again: {type: menu, greeting: "{lang}/main_menu", options: {"1": start}, tries: 3, on_failure: bye}
+        bye: {type: hangup, prompt: "{lang}/goodbye"}
+    """, loop_limit=100)
+    journal = SlowJournal(commit_s=0.8)  # slower than the walk: a backlog builds up
+    services = SessionServices(prompts_dir=PROMPTS, publish=journal.publish, recordings_dir=tmp_path / "rec")
+    call = FakeCall(presses=[(0.5 + i, "1") for i in range(30)])
+    s = IvrSession(tree, 3, call, clock=lambda: FRIDAY_10, services=services)
+    with trio.move_on_after(10.0):
+        await s.run()
+    assert s.outcome is None  # cancelled in the middle of the walk
+    nodes = [d["node"] for _, t, d in journal.events if t == "ivr.node"]
+    assert len(nodes) >= 10 and nodes == ["start", "again"] * (len(nodes) // 2) + ["start"] * (len(nodes) % 2)
+    assert journal.events[-1][0] > 10.0  # the last ones were journalled after the cancellation
