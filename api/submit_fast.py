@@ -11,9 +11,9 @@ because both paths call :func:`submit` and the same helpers.
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
-import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -33,6 +33,8 @@ _JSON_TYPE_RE = re.compile(r"^application/([a-z0-9.+-]+\+)?json$")
 _SF_STRING_RE = re.compile(r'^"((?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\["\\])*)"$')
 _BARE_KEY_RE = re.compile(r"^[\x21\x23-\x5b\x5d-\x7e]+$")
 MAX_IDEMPOTENCY_KEY = 255
+# json.dumps(..., ensure_ascii=False, separators=(",", ":")) builds this encoder on every call.
+_COMPACT_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -141,7 +143,7 @@ class SubmitFastPath:
         started = time.perf_counter()
         headers = _headers(scope)
         incoming_id = headers.get("x-request-id", "")
-        request_id = incoming_id if _REQUEST_ID_RE.match(incoming_id) else uuid.uuid4().hex
+        request_id = incoming_id if _REQUEST_ID_RE.match(incoming_id) else new_request_id()
         extra: dict[str, str] = {}
         try:
             body = await _read_body(receive, headers, self.state.settings.max_body_bytes)
@@ -149,7 +151,7 @@ class SubmitFastPath:
                                           content_type=headers.get("content-type"),
                                           idempotency_key=headers.get("idempotency-key"), body=body)
             status, content_type = 202, "application/json"
-            data = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
+            data = _COMPACT_JSON.encode(payload).encode()
         except ApiProblem as problem:
             status, content_type = problem.status or 500, PROBLEM_CONTENT_TYPE
             body_json = problem.to_dict(instance=ROUTE, request_id=request_id)
@@ -164,6 +166,14 @@ class SubmitFastPath:
         self.state.metrics.observe_request(ROUTE, "POST", status, time.perf_counter() - started)
 
 
+def new_request_id(random16: bytes | None = None) -> str:
+    """``uuid.uuid4().hex`` (version 4, RFC 4122 variant) without building a ``uuid.UUID``: same bits, same
+    text, half the time. ``random16`` is for tests (default: 16 bytes of ``os.urandom``, as uuid4 uses)."""
+    value = int.from_bytes(os.urandom(16) if random16 is None else random16, "big")
+    value = (value & ~(0xC000 << 48) & ~(0xF000 << 64)) | (0x8000 << 48) | (4 << 76)
+    return f"{value:032x}"
+
+
 def _headers(scope: Scope) -> dict[str, str]:
     # RFC 9110 §5.3: repeated fields combine with commas; none of ours is legitimately repeated.
     out: dict[str, str] = {}
@@ -176,11 +186,9 @@ def _headers(scope: Scope) -> dict[str, str]:
 
 async def _read_body(receive: Receive, headers: dict[str, str], limit: int) -> bytes:
     """The request body, refusing (413, connection closed) as soon as it is known to exceed ``limit``."""
-    too_large = ApiProblem("body_too_large", "the request body is larger than the configured limit",
-                           headers={"Connection": "close"})
     declared = headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise too_large
+        raise _too_large()
     chunks: list[bytes] = []
     size = 0
     while True:
@@ -190,7 +198,12 @@ async def _read_body(receive: Receive, headers: dict[str, str], limit: int) -> b
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
-            raise too_large
+            raise _too_large()
         chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks)
+
+
+def _too_large() -> ApiProblem:
+    return ApiProblem("body_too_large", "the request body is larger than the configured limit",
+                      headers={"Connection": "close"})

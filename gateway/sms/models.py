@@ -333,6 +333,9 @@ class Conflict(SmsError):
 # Message ids: "msg_" + 26 Crockford base32 characters, ULID layout (48-bit millisecond time, 80-bit random),
 # monotonic within one millisecond so ids sort in creation order (keyset pagination relies on it).
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+# Two digits per 10 bits ([hi * 32 + lo] -> hi digit, lo digit): 13 lookups make the 26 digits.
+_CROCKFORD_PAIRS = [hi + lo for hi in _CROCKFORD for lo in _CROCKFORD]
+_PAIR_SHIFTS = tuple(range(120, -10, -10))
 _id_lock = threading.Lock()
 _last_ms = -1
 _last_rand = 0
@@ -348,9 +351,9 @@ def new_message_id(prefix: str = "msg_", now_ms: int | None = None) -> str:
         else:
             rand = int.from_bytes(os.urandom(10), "big") >> 1  # leave room to increment within the ms
         _last_ms, _last_rand = ms, rand
-    value = (ms << 80) | (rand & ((1 << 80) - 1))
-    chars = []
-    for _ in range(26):
-        chars.append(_CROCKFORD[value & 31])
-        value >>= 5
-    return prefix + "".join(reversed(chars))
+    return prefix + crockford26((ms << 80) | (rand & ((1 << 80) - 1)))
+
+
+def crockford26(value: int) -> str:
+    """The low 130 bits of ``value`` as 26 Crockford base32 digits, most significant first."""
+    return "".join([_CROCKFORD_PAIRS[(value >> shift) & 1023] for shift in _PAIR_SHIFTS])

@@ -18,7 +18,7 @@ import binascii
 import hashlib
 import json
 import math
-import secrets
+import os
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -142,8 +142,11 @@ class SmsService:
     async def submit(self, req: SubmitRequest, *, idempotency_key: str | None = None) -> SubmitResult:
         now = self._clock()
         message, held_by_quiet_hours = self._prepare(req, now)
-        fingerprint = request_fingerprint(req)
-        ttl = timedelta(seconds=self.settings.idempotency_ttl_s)
+        if idempotency_key is not None:
+            fingerprint = request_fingerprint(req)
+            fresh_after = now - timedelta(seconds=self.settings.idempotency_ttl_s)
+        else:  # only a keyed request is ever compared: no sha256 of its JSON for the others
+            fingerprint, fresh_after = "", now
         event_type = "sms.scheduled" if message.status == MessageStatus.SCHEDULED else "sms.queued"
 
         policies = self.submit_policies
@@ -152,7 +155,7 @@ class SmsService:
         def unit(tx: StoreTx) -> tuple[Message, bool]:
             if idempotency_key is not None:
                 record = tx.get_idempotency(idempotency_key)
-                if record is not None and record.created_at > now - ttl:
+                if record is not None and record.created_at > fresh_after:
                     if record.fingerprint != fingerprint:
                         raise IdempotencyConflict(
                             "this Idempotency-Key was used with a different request; use a new key for a new "
@@ -232,7 +235,9 @@ class SmsService:
             )
         send_at = self._parse_send_at(req.send_at, now)
         report = self.settings.report if req.report is None else bool(req.report)
-        concat_ref = secrets.randbelow(256)  # TS 23.040 §9.2.3.24.1: same for every part of this message
+        # TS 23.040 §9.2.3.24.1: same for every part of this message. One random byte is uniform on 0-255 like
+        # secrets.randbelow(256) (same OS source), which rejects half its draws and costs three times more.
+        concat_ref = os.urandom(1)[0]
         try:
             encoded = pdu.encode_submit(
                 number.e164,
