@@ -26,9 +26,9 @@ Lockstep costs latency: a cohort's batch runs when its *last* line's frame has a
 delivers early in the 20 ms cycle waits up to one frame for the others (on top of the box's own buffering).
 Boxes with their own crystals also drift apart (±50 ppm is 0.4 samples/s at 8 kHz). A reader waits for its
 frame's events before it reads again, so a box that runs fast is read at the pace of the cohort and its
-surplus queues in the box, which drops audio when its FIFO is full (``AudioLost``, then ``Overrun``); at
-50 ppm and a 100 ms FIFO that is once every few minutes. The simulated boxes share one clock, so no test
-shows it. Planned: let a line that is a frame ahead hand in its next frame without waiting (its events
+surplus queues in the box until the box's buffer overflows and audio is lost (the driver reports the
+gap); at 50 ppm and a 100 ms buffer that is about every half hour. The simulated boxes share one clock, so
+no test shows it. Planned: let a line that is a frame ahead hand in its next frame without waiting (its events
 come one frame later), and drop the surplus only from quiet audio, moving the channel's offset so that
 events keep the line's time.
 
