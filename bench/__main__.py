@@ -10,7 +10,9 @@ SMS core (docs/performance.md, issue 2):
 HTTP SMS provider route (issue 4):
   .venv/bin/python -m bench.bench_http_provider
 SMS platform (issue 4):
-  .venv/bin/python -m bench.bench_campaigns
+  .venv/bin/python -m bench.bench_campaigns accept
+  .venv/bin/python -m bench.bench_campaigns scaling
+  .venv/bin/python -m bench.bench_campaigns provider
 Line DSP (issue 3):
   .venv/bin/python -m bench.bench_dsp --channels 2000 --seconds 10
 Voice lines and IVR (issues 5 and 6):
