@@ -169,6 +169,7 @@ class _Connection:
         nursery.cancel_scope.cancel()
 
     def sink(self, write_now: Callable[[list[Event]], bool]) -> Callable[[list[Event]], bool]:
+        """The subscription's ``direct_sink``: the synchronous write, counted, never after close."""
         events_sent = self.state.metrics.ws_events_sent
 
         def deliver(events: list[Event]) -> bool:
