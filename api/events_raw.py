@@ -70,6 +70,22 @@ def event_frame(event: Event) -> bytes:
     return frame
 
 
+def events_frames(events: list[Event]) -> bytes:
+    """The frames of ``events`` back to back, for one write. The bus hands every client without a type
+    filter the same list of a commit's events, so the last join is reused for the next client."""
+    global _last_joined
+    if len(events) == 1:
+        return event_frame(events[0])
+    if _last_joined[0] is events:
+        return _last_joined[1]
+    data = b"".join([event_frame(event) for event in events])
+    _last_joined = (events, data)  # holds the list: its id cannot be reused while it is remembered
+    return data
+
+
+_last_joined: tuple[list[Event] | None, bytes] = (None, b"")
+
+
 class ReplayStream(trio.abc.HalfCloseableStream):
     """``stream`` with ``head`` (bytes the front door already read from it) returned first.
 
@@ -151,7 +167,7 @@ class RawEventSocket:
         goes out before anything else."""
         if self._gone or self._closing or self._tail or self._write_lock.locked():
             return False
-        data = event_frame(events[0]) if len(events) == 1 else b"".join([event_frame(e) for e in events])
+        data = events_frames(events)
         try:
             sent = os.write(self._fd, data)
         except BlockingIOError:
@@ -175,10 +191,7 @@ class RawEventSocket:
         await self._write(text_frame(text.encode()))
 
     async def send_events(self, events: list[Event]) -> None:
-        if len(events) == 1:
-            await self._write(event_frame(events[0]))
-        else:
-            await self._write(b"".join([event_frame(event) for event in events]))
+        await self._write(events_frames(events))
 
     async def receive(self) -> str | bytes:
         while True:
