@@ -648,6 +648,7 @@ class SqliteStore(Store):
         self._batch_done = trio.Event()
         # The next batch's _batch_done: units queued during a commit wait on it (see write()).
         self._next_done = trio.Event()
+        self._gathering = False  # a batch's leader lets the other writers of its scheduler pass queue first
         self._leader_waiting = False  # a queued caller waits for the batch in flight to end, to lead the next
         self._listeners: list[Callable[[list[Event]], None]] = []
         self._closed = False
@@ -764,8 +765,8 @@ class SqliteStore(Store):
         # every commit cost each submit one more task switch.
         try:
             while not pending.done:
-                if pending.taken:
-                    await self._batch_done.wait()  # the batch in flight holds it
+                if pending.taken or self._gathering:
+                    await self._batch_done.wait()  # the batch in flight (or being gathered) holds it
                 elif not self._committing:
                     await self._commit_queued()
                 elif not self._leader_waiting:
@@ -793,13 +794,23 @@ class SqliteStore(Store):
 
     async def _commit_queued(self) -> None:
         self._committing = True
+        # This batch's end is what the units queued before it wait for (one left over by max_batch wakes, is
+        # not taken, and queues for the following batch).
+        self._batch_done, self._next_done = self._next_done, trio.Event()
+        # Gather: units written by the tasks that run in this same scheduler pass (a burst: 32 lines ringing
+        # at once) join this batch instead of waiting for it to commit; they wait for its end (_gathering).
+        self._gathering = True
+        try:
+            await trio.lowlevel.checkpoint()
+        except BaseException:  # the leader is cancelled before taking anything: the gathered units re-lead
+            self._gathering = self._committing = False
+            self._batch_done.set()
+            raise
+        self._gathering = False
         batch = self._queue[: self._max_batch]
         del self._queue[: self._max_batch]
         for pending in batch:
             pending.taken = True
-        # This batch's end is what the units queued before it wait for (one left over by max_batch wakes, is
-        # not taken, and queues for the following batch).
-        self._batch_done, self._next_done = self._next_done, trio.Event()
         try:
             # Shielded: once units are taken they are committed and their callers told, even if the leader
             # is being cancelled (the thread would finish the transaction anyway).

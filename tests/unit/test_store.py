@@ -90,6 +90,56 @@ async def test_group_commit_batches_concurrent_writers(tmp_path):
     await store.close()
 
 
+async def test_writers_of_one_scheduler_pass_share_the_first_commit(tmp_path):
+    """A burst (32 lines ringing at once) reaches an idle store within one scheduler pass: the first writer
+    gathers the others into its batch instead of committing alone and making them wait for it."""
+    store = await SqliteStore.open(tmp_path / "gw.sqlite3")
+    start = trio.Event()
+
+    async def writer(i):
+        await start.wait()
+        await store.write(lambda tx: tx.insert_message(_message(f"msg_{i:04d}")))
+
+    async with trio.open_nursery() as nursery:
+        for i in range(32):
+            nursery.start_soon(writer, i)
+        await trio.testing.wait_all_tasks_blocked()
+        before = store.stats.transactions
+        start.set()  # all 32 wake in the same pass
+    assert store.stats.transactions - before == 1
+    assert store.stats.largest_batch == 32
+    await store.close()
+
+
+async def test_a_leader_cancelled_while_gathering_leaves_the_others_committing(tmp_path):
+    store = await SqliteStore.open(tmp_path / "gw.sqlite3")
+    committed = []
+
+    async def leader(scope: trio.CancelScope):
+        with scope:
+            await store.write(lambda tx: tx.insert_message(_message("msg_leader")))
+            committed.append("msg_leader")
+
+    async def writer(i):
+        await store.write(lambda tx: tx.insert_message(_message(f"msg_{i}")))
+        committed.append(f"msg_{i}")
+
+    async with trio.open_nursery() as nursery:
+        scope = trio.CancelScope()
+        nursery.start_soon(leader, scope)
+        while not store._gathering:
+            await trio.lowlevel.checkpoint()
+        for i in range(3):
+            nursery.start_soon(writer, i)
+        scope.cancel()  # before the leader resumes from its gathering checkpoint
+    assert sorted(committed) == ["msg_0", "msg_1", "msg_2"]
+    assert await store.read(lambda tx: tx.get_message("msg_leader")) is None
+    assert (await store.read(lambda tx: tx.get_message("msg_2"))) is not None
+    await store.write(lambda tx: tx.insert_message(_message("msg_after")))  # the store is not stuck
+    assert not store._committing and not store._gathering
+    await store.close()
+
+
 async def test_a_failing_unit_is_rolled_back_alone(tmp_path):
     store = await SqliteStore.open(tmp_path / "gw.sqlite3")
     outcome = {}
