@@ -106,6 +106,11 @@ class SharedLine:
         self._queue.append(sub)
         self._pending += x.size
         self._dsp._submitted(self)
+        if sub.done.is_set():
+            # This frame completed its cohort's batch, which ran here and woke the cohort's other readers:
+            # yield once so that every line's events of the batch go on together (one store commit, not
+            # this line's alone followed by the others').
+            await trio.lowlevel.checkpoint()
         while not sub.done.is_set():
             with trio.move_on_after(max(0.0, self._dsp._deadline_of(self) - trio.current_time())):
                 await sub.done.wait()

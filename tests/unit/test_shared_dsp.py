@@ -7,6 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 import trio
+import trio.testing
 
 from drivers.dsp.events import CallerId, DtmfDigit
 from drivers.dsp.pipeline import LineAnalyzer
@@ -173,3 +174,41 @@ async def test_boxes_on_one_shared_dsp_run_the_ntt_handshake_as_alone():
         kinds = [type(e).__name__ for e in got]
         assert kinds == [type(e).__name__ for e in alone]
         assert [e.number for e in got if isinstance(e, CallerId)] == ["0312345678"]
+
+
+async def test_the_reader_that_completes_a_batch_yields_with_the_others(autojump_clock):
+    """analyse() always yields: the reader whose frame completed the batch resumes in the same scheduler
+    pass as the cohort's other readers (a burst's events then reach the store together, one commit)."""
+    dsp = SharedLineDsp(form_s=1.0, stall_s=0.5)
+    lines = [dsp.line(tones="jp") for _ in range(3)]
+    frame = np.zeros(FRAME, dtype=np.float32)
+
+    class Passes(trio.abc.Instrument):  # the run loop waits for I/O once per scheduler pass
+        count = 0
+
+        def after_io_wait(self, timeout: float) -> None:
+            self.count += 1
+
+    passes = Passes()
+    resumed: list[tuple[int, int, int]] = []  # (frame, line, scheduler pass)
+
+    async def reader(i: int) -> None:
+        start = trio.current_time()
+        for k in range(4):  # the cohort forms on line 2's first frame; line 2's frames complete the batches
+            await trio.sleep_until(start + 0.02 * k + 0.001 * i)
+            with trio.testing.assert_checkpoints():
+                await lines[i].analyse(frame)
+            resumed.append((k, i, passes.count))
+        lines[i].close()
+
+    trio.lowlevel.add_instrument(passes)
+    try:
+        async with trio.open_nursery() as nursery:
+            for i in range(3):
+                nursery.start_soon(reader, i)
+    finally:
+        trio.lowlevel.remove_instrument(passes)
+    assert dsp.evictions == 0
+    at = {(k, i): p for k, i, p in resumed}
+    for k in range(1, 4):  # line 2 opened the cohort with its frame 0: its frame k-1 goes with the others' k
+        assert at[k, 0] == at[k, 1] == at[k - 1, 2], resumed
