@@ -36,6 +36,7 @@ from drivers.dsp.fsk import (
     FskSpec,
     UartByte,
 )
+from drivers.dsp.goertzel import channel_rows
 
 __all__ = [
     "CallerIdDetector",
@@ -507,6 +508,16 @@ class DtmfCallerIdParser:
     def pending(self) -> str:
         return "".join(self._digits)
 
+    @property
+    def idle(self) -> bool:
+        """No partial message held (digits collected after a start digit, waiting for C or #)."""
+        return not self._digits
+
+    def idle_at(self, t: float) -> bool:
+        """Idle at time ``t``: nothing held, or what is held is older than the inter-digit timeout (the next
+        digit or ``feed_time`` discards it)."""
+        return not self._digits or t - self._last_t > self.inter_digit_timeout
+
     def reset(self) -> None:
         self._digits.clear()
 
@@ -778,9 +789,10 @@ class CallerIdDetectorBank:
             raise ValueError(f"a detector bank needs at least one channel, got {n_channels}")
         self.n_channels = n_channels
         self.sample_rate = int(sample_rate)
+        self._mode = mode
+        self._line_options = dict(silence_dbm0=silence_dbm0, **options)
         self._dets = [
-            _BankLine(self, ch, mode, self.sample_rate, silence_dbm0=silence_dbm0, **options)
-            for ch in range(n_channels)
+            _BankLine(self, ch, mode, self.sample_rate, **self._line_options) for ch in range(n_channels)
         ]
         rx = dict(min_level_dbm0=options.get("min_level_dbm0", -43.0), silence_dbm0=silence_dbm0)
         specs = [
@@ -819,6 +831,54 @@ class CallerIdDetectorBank:
     def open_lines(self) -> np.ndarray:
         """Lines whose FSK receivers are running."""
         return np.flatnonzero(self._open)
+
+    # -- re-use of a channel for another line -------------------------------------------------------
+    def quiet_channels(self) -> np.ndarray:
+        """Per channel (bool): nothing in progress that :meth:`reset_channels` would lose.
+
+        A channel is busy while its FSK receivers are open (``_open``: from the gate opening on a seizure or
+        mark run until the carrier is gone and the gate has been quiet for ``GATE_HOLD_MS``; their framers
+        may hold part of a message), while an FSK carrier is present (``_busy``), while the gate's latest
+        10 ms block passed (a run that opens receivers on the next block may be starting), while its DTMF
+        caller-ID parser holds a partial message (digits after a start digit, younger than the inter-digit
+        timeout) and, with ``dtmf=True``, while the internal DTMF bank has a digit or candidate.
+        """
+        quiet = ~self._open & ~self._busy
+        if self._gate is not None:
+            quiet &= ~self._gate.passing
+        now = self._total / self.sample_rate
+        quiet &= np.fromiter((d._dtmf_parser.idle_at(now) for d in self._dets), bool, self.n_channels)
+        if self._dtmf_bank is not None:
+            quiet &= self._dtmf_bank.quiet_channels()
+        return quiet
+
+    def reset_channels(self, channels: np.ndarray | list[int]) -> None:
+        """Give ``channels`` to new lines: each is as a freshly constructed bank's channel started at the
+        current clock (``t`` keeps counting on the bank's clock).
+
+        Each gets a new per-line detector (framers, DTMF caller-ID parser, stats, ``last_error``), its gate
+        row restarts (no passing run, quiet, pre-roll history and partial block zeroed: a receiver opened
+        soon after the reset sees silence before it), its receiver clock is the current one, and with
+        ``dtmf=True`` its internal DTMF channel is reset. Other channels are untouched. A channel with
+        open FSK receivers cannot be reset (``ValueError``, nothing changed): wait for
+        :meth:`quiet_channels`.
+        """
+        rows = channel_rows(channels, self.n_channels)
+        held = np.unique(rows[self._open[rows]])
+        if held.size:
+            names = ", ".join(str(int(ch)) for ch in held)
+            raise ValueError(
+                f"channel(s) {names} of the caller-ID bank have FSK receivers open: "
+                "reset a channel once quiet_channels() says it is quiet"
+            )
+        self._busy[rows] = False
+        self._fed[rows] = self._total
+        for ch in rows.tolist():
+            self._dets[ch] = _BankLine(self, ch, self._mode, self.sample_rate, **self._line_options)
+        if self._gate is not None:
+            self._gate.reset_rows(rows)
+        if self._dtmf_bank is not None:
+            self._dtmf_bank.reset_channels(rows)
 
     def feed(self, frames: np.ndarray) -> list[tuple[int, CallerId]]:
         x = np.asarray(frames)

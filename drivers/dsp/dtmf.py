@@ -35,6 +35,7 @@ from drivers.dsp.goertzel import (
     bin_power,
     blackman,
     blackman_derivative,
+    channel_rows,
     dbm0_to_power,
     reassigned_frequency,
     sinusoid_basis,
@@ -279,6 +280,41 @@ class DtmfBank:
         self._cand[:] = -1
         self._cand_count[:] = 0
         return out
+
+    # -- re-use of a channel for another line -------------------------------------------------------
+    def quiet_channels(self) -> np.ndarray:
+        """Per channel (bool): nothing in progress that :meth:`reset_channels` would lose.
+
+        A channel is busy while a digit is sounding or ending (``_active``: from the block that confirms it
+        until the pause after it is long enough and the digit is reported) and while a candidate is counting
+        hits (``_cand``: one hit block so far, which the next block may turn into a digit).
+        """
+        return (self._active < 0) & (self._cand < 0)
+
+    def reset_channels(self, channels: np.ndarray | list[int]) -> None:
+        """Give ``channels`` to new lines: each is as a freshly constructed bank's channel started at the
+        current clock (``t`` of its digits keeps counting on the bank's clock).
+
+        The digit state machine restarts (no digit, no candidate, no previous block; onset and end times at
+        the current sample) and the samples held back for the next 102-sample block are zeroed: a block
+        that straddles the reset sees silence before it. Other channels are untouched. A digit sounding on
+        a reset channel is dropped unreported (see :meth:`quiet_channels`).
+        """
+        rows = channel_rows(channels, self.channels)
+        now = float(self._stream.position)
+        self._active[rows] = -1
+        self._onset[rows] = now
+        self._end[rows] = now
+        self._pause[rows] = 0.0
+        self._ref_sum[rows] = 0.0
+        self._ref_count[rows] = 0.0
+        self._cand[rows] = -1
+        self._cand_count[rows] = 0
+        self._cand_onset[rows] = now
+        self._cand_sum[rows] = 0.0
+        self._prev_digit[rows] = -1
+        self._prev_power[rows] = 0.0
+        self._stream.reset_rows(rows)
 
     def _event(self, ch: int) -> DtmfDigit:
         onset = self._onset[ch]

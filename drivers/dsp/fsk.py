@@ -39,7 +39,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from drivers.dsp.goertzel import BlockStream, hann, sinusoid_basis
+from drivers.dsp.goertzel import BlockStream, channel_rows, hann, sinusoid_basis
 
 __all__ = [
     "BELL202",
@@ -716,6 +716,21 @@ class FskGate:
                 self._since = np.where(hit, 0, np.minimum(self._since + 1, self._hold_blocks))
                 start |= self._run >= self._open_blocks
         return start, self._since >= self._hold_blocks
+
+    @property
+    def passing(self) -> np.ndarray:
+        """Per line: the latest block passed (a run that may open receivers is under way)."""
+        return self._run > 0
+
+    def reset_rows(self, rows: np.ndarray | list[int]) -> None:
+        """``rows`` start again as on a gate constructed now: no passing run, quiet for the hold time, the
+        samples held back for the next block and the pre-roll history zeroed (silence before now)."""
+        rows = channel_rows(rows, self.channels)
+        self._stream.reset_rows(rows)
+        self._run[rows] = 0
+        self._since[rows] = self._hold_blocks
+        if self._history is not None:
+            self._history[rows] = 0.0
 
     def preroll(self, lines: np.ndarray) -> np.ndarray:
         """The newest ``preroll_ms`` (or fewer, early on) of samples of ``lines`` before the current frame."""

@@ -107,6 +107,25 @@ def projected_energy(coeffs: np.ndarray, gram_inv: np.ndarray) -> np.ndarray:
     return np.einsum("...i,ij,...j->...", coeffs, gram_inv, coeffs)
 
 
+def channel_rows(channels: np.ndarray | Sequence[int], count: int) -> np.ndarray:
+    """Row indices (``intp``) of ``channels`` in a bank of ``count``: integer indices, or a bool mask of
+    length ``count``. ``ValueError`` for an index outside ``0..count-1`` (negative indices do not wrap)."""
+    idx = np.asarray(channels)
+    if idx.dtype == bool:
+        if idx.shape != (count,):
+            raise ValueError(f"a channel mask must have shape ({count},), got {idx.shape}")
+        return np.flatnonzero(idx)
+    idx = idx.reshape(-1)
+    if idx.size == 0:
+        return np.zeros(0, dtype=np.intp)
+    if not np.issubdtype(idx.dtype, np.integer):
+        raise ValueError(f"channels must be integer indices, got dtype {idx.dtype}")
+    bad = idx[(idx < 0) | (idx >= count)]
+    if bad.size:
+        raise ValueError(f"channel {int(bad[0])} is out of range: the bank has channels 0..{count - 1}")
+    return idx.astype(np.intp)
+
+
 class BlockStream:
     """Cuts C parallel streams fed in frames of any length into blocks of ``size`` every ``hop`` samples.
 
@@ -125,6 +144,16 @@ class BlockStream:
     @property
     def channels(self) -> int:
         return self._pending.shape[0]
+
+    @property
+    def position(self) -> int:
+        """Samples pushed so far (per row; all rows share the clock): the index of the next sample."""
+        return self._pending_start + self._pending.shape[1]
+
+    def reset_rows(self, rows: np.ndarray | Sequence[int]) -> None:
+        """Zero the samples of ``rows`` held back for the next block: the blocks that start before now see
+        silence there, as for a line that was silent until now. The block phase is the stream's."""
+        self._pending[channel_rows(rows, self.channels)] = 0.0
 
     def push(self, samples: np.ndarray) -> tuple[np.ndarray, int]:
         samples = np.asarray(samples, dtype=np.float32)

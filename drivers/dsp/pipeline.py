@@ -11,7 +11,7 @@ import numpy as np
 
 from drivers.dsp.dtmf import DtmfBank, DtmfParams
 from drivers.dsp.events import CallerId, DtmfDigit, Tone
-from drivers.dsp.goertzel import SAMPLE_RATE
+from drivers.dsp.goertzel import SAMPLE_RATE, channel_rows
 from drivers.dsp.progress import ProgressBank, ProgressParams
 
 try:  # caller ID is built alongside; the analyser runs without it until it exists
@@ -85,6 +85,39 @@ class LineAnalyzerBank:
                 continue
             out.append((ch, tone))
         return out
+
+    # -- re-use of a channel for another line -------------------------------------------------------
+    def quiet_channels(self) -> np.ndarray:
+        """Per channel (bool): nothing in progress that :meth:`reset_channels` would lose: quiet for DTMF
+        (no digit sounding, no candidate), call progress (no tone sounding or starting, no confirmation
+        pending) and caller ID (no FSK receivers open, no carrier, no gate run, no partial DTMF caller ID).
+        See each bank's ``quiet_channels``."""
+        quiet = self.dtmf.quiet_channels() & self.progress.quiet_channels()
+        if self.callerid is not None:
+            quiet &= self.callerid.quiet_channels()
+        return quiet
+
+    def reset_channels(self, channels: np.ndarray | list[int]) -> None:
+        """Give ``channels`` (indices or a bool mask) to new lines that join the running bank now.
+
+        Each becomes a freshly constructed bank's channel started at the current clock, its line taken as
+        silent before: analysis blocks and windows that straddle the reset see zeros there. Its events
+        carry ``t`` on the bank's clock: a line joining at sample K gets a fresh ``LineAnalyzer``'s events
+        shifted by K / 8000 s, exactly when the block phases coincide (K a multiple of 8160 = lcm of the
+        102-sample DTMF block, the 160-sample progress hop and the 80-sample FSK gate block), the frames
+        after the reset are the analyser's, and the line starts with a progress window of silence but is
+        not silent from its start until a silence event (the windows straddling the reset add to that
+        run; see ``ProgressBank.reset_channels``); otherwise within a DTMF block and a progress hop. The
+        other channels are untouched.
+
+        ``ValueError`` for a channel out of range, or one whose FSK receivers are open (nothing is reset
+        then): reset channels that :meth:`quiet_channels` reports quiet.
+        """
+        rows = channel_rows(channels, self.channels)
+        if self.callerid is not None:
+            self.callerid.reset_channels(rows)  # first: it refuses channels with open receivers
+        self.dtmf.reset_channels(rows)
+        self.progress.reset_channels(rows)
 
     def _during_fsk(self, ch: int, t: float, fsk_ended: dict[int, float]) -> bool:
         """An FSK caller-ID burst is broadband in a 40 ms window: it must not count as the far end speaking.

@@ -28,6 +28,7 @@ from drivers.dsp.events import Tone
 from drivers.dsp.goertzel import (
     SAMPLE_RATE,
     BlockStream,
+    channel_rows,
     dbm0_to_power,
     gram_inverse,
     hann,
@@ -250,6 +251,54 @@ class ProgressBank:
                 )
             )
         return out
+
+    # -- re-use of a channel for another line -------------------------------------------------------
+    def quiet_channels(self) -> np.ndarray:
+        """Per channel (bool): nothing in progress that :meth:`reset_channels` would lose.
+
+        A channel is busy while a tone is sounding (``_state``: debounced, including the 3 frames an end
+        takes to settle), while its last frame was "on" for a tone (``_cand_state``: a tone may be starting
+        or is carrying on through a trough), and while a confirmation is pending (``_due``: a cadence whose
+        last on segment matched waits out the minimum off time, a continuous tone waits to become dial
+        tone). Not in progress: on/off segments that matched no cadence, and the silence and voice counters,
+        none of which gives an event on a line that stays quiet.
+        """
+        return (self._state < 0) & (self._cand_state < 0) & np.isinf(self._due)
+
+    def reset_channels(self, channels: np.ndarray | list[int]) -> None:
+        """Give ``channels`` to new lines: each is as a freshly constructed bank's channel started at the
+        current clock (``t`` keeps counting on the bank's clock).
+
+        Tone, candidate and confirmation state, cadence history, silence and voice counters and the noise
+        floor restart (state-change times at the current sample). The samples held back for the next
+        windows are zeroed: the windows that straddle the reset see silence before it, as on a line that was
+        silent until now. So the channel analyses hops that a bank started now would not (one for a 40 ms
+        window when the reset falls on the 20 ms hop grid, as with 20 ms frames; two for the 60 ms US
+        window; one more off the grid). None of them gives an event by itself; a tone that starts at the
+        reset is seen up to a hop earlier than by a new bank, and when the new line starts with a window of
+        silence they only lengthen its silence run. Other channels are untouched."""
+        rows = channel_rows(channels, self.channels)
+        now = float(self._stream.position)
+        self._state[rows] = -1
+        self._cand_state[rows] = -1
+        self._cand_count[rows] = 0
+        self._cand_since[rows] = now
+        self._since[rows] = now
+        self._peak[rows] = 0.0
+        self._frac_sum[rows] = 0.0
+        self._frac_n[rows] = 0.0
+        self._due[rows] = np.inf
+        self._due_tone[rows] = -1
+        self._silence_run[rows] = 0.0
+        self._silence_sent[rows] = False
+        self._silence_level[rows] = 0.0
+        self._voice_score[rows] = 0.0
+        self._floor[rows] = np.inf
+        self._voice_sent[rows] = False
+        self._quiet_run[rows] = 0.0
+        for ch in rows.tolist():
+            self._segments[ch] = _Segments()
+        self._stream.reset_rows(rows)
 
     # -- per hop, vectorised over channels ------------------------------------------------------------
     def _tol(self, nominal: float) -> float:
