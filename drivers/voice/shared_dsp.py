@@ -1,44 +1,68 @@
-"""One batched line DSP for every USB voice box of a process: a ``LineAnalyzerBank`` call per 20 ms tick
-for all lines instead of one ``LineAnalyzer.feed`` per line (issue 5: 32 lines on 2 cores).
+"""One batched line DSP for every USB voice box of a process: ``LineAnalyzerBank`` calls per 20 ms tick
+for groups of lines instead of one ``LineAnalyzer.feed`` per line (issue 5: 32 lines on 2 cores).
 
 Why cohorts, not one bank with subset feeding
 =============================================
 The detector banks (DTMF blocks of 102 samples, 20 ms progress hops, the FSK gate and receivers) keep one
 sample clock for all their channels, so a bank channel only gives the events of a per-line
-``LineAnalyzer`` when it is fed in lockstep with the others from its first sample on (feeding a subset
-would need a per-channel clock in every detector).  A line therefore gets a channel in a *cohort*: a bank
-whose lines all started together, fed one batch whenever every live member has audio queued.
+``LineAnalyzer`` when it is fed in lockstep with the others.  A line therefore gets a channel in a
+*cohort*: a bank fed one batch whenever every live member has audio queued.  A channel can be reset at the
+bank's clock (``LineAnalyzerBank.reset_channels``) once nothing is in progress on it, so a line can take a
+free channel of a running bank: its detectors start afresh, its events keep the line's own time
+(``SharedLine.offset``: line sample = bank sample + offset).
 
-Boxes come up hundreds of ms apart, so a cohort *forms*: from the first frame of a line without a
-channel, for at most ``form_s`` (or until every registered line without a channel is streaming), the
-lines' audio is counted on their clocks but not analysed (warm-up); then all of them start one bank
-together.  A line that starts later (hot-plug) forms its own cohort the same way; it never joins a running
-one, whose clock is past zero.  Within a cohort a line that is late holds the batch back (the boxes' frame
-clocks differ in phase by less than a frame); a line late by more than ``stall_s`` is *evicted*: its
-channel is retired (fed silence, events dropped) and its next audio forms a fresh channel, i.e. its
-detectors restart as after a replug (a digit sounding then may be lost).  Events keep the line's own
-time: a channel's ``t`` is shifted by the audio its line had before the channel started
-(``SharedLine.offset``).
+Phase pairing and phase groups
+==============================
+Lockstep costs latency: a cohort's batch runs when its *last* member's frame has arrived, and boxes deliver
+their 20 ms frames at phases spread over the frame period, so a line whose box delivers early waits for the
+others.  Each line's arrival phase is estimated from its own submissions (``_epoch``: the earliest
+``arrival - samples/rate`` seen, creeping later by ``CREEP`` so that a box that runs slow is followed; host
+lag only ever makes arrivals later, so the minimum is the box's clock), and lines are paired frame to
+frame so that the frames analysed together are the ones that arrive together, the batch waiting at most
+for the latest phase: a member may be given a few frames of silence before its audio (*lead in*) or have
+frames discarded (*skip*) when it is seated.
+
+Cohorts can also be *phase groups* (``width_s``: members' frames arrive within that of each other, so the
+lockstep wait is at most ``width_s``).  Measured on the 2-core bench host (issue 5, docs/performance.md):
+groups of 5 ms cut the lockstep wait of a 32-line caller-ID burst from 13 ms to 5.5 ms (median) but cost
+more than they saved, because a bank's fixed cost per tick (0.3 ms, 0.75 ms while FSK receivers run)
+is paid per group (screen pop p99 38-58 ms with four groups, 42 ms with one; CPU 62 % against 52 %).
+So the default is one group per frame period (``width_s = frame_s``): one bank, with the pairing above.
+
+A cohort is formed from the lines without a channel: from the first frame of such a line, for at most
+``form_s`` (or until every registered line without a channel is streaming and has been seen for
+``ESTIMATE_FRAMES`` frames) their audio is counted but not analysed (warm-up), then they are clustered by
+phase (on the circle of one frame period, cut at the largest gap, greedily into arcs no wider than
+``width_s``) into banks sized with spare channels.  A line that comes later (hot-plug, eviction) takes a
+quiet free channel of a running cohort that fits its phase (lossless only, unless the line is idle), or
+forms a cohort of its own -- as a line reading a backlog after a stall does, to catch up there; once idle
+it is moved into a running cohort (a bank saved).
+
+Drift: boxes with their own crystals drift apart (±50 ppm is 1 ms every 20 s).  A cohort runs at the pace
+of its slowest member, so the surplus of the faster boxes queues in the boxes (a reader waits for its
+frame's events before it reads again).  Every ``CHECK_BATCHES`` batches a cohort whose spread exceeds
+``2 * width_s`` re-seats the member farthest from the others (in the cohort that fits it, possibly the same
+one): a slow line gets a frame of lead-in silence (the cohort catches up a frame), a fast one has a frame
+skipped, so the queues drain.  Only an idle line is moved (``SharedLine.movable``: the driver says on hook,
+not ringing for a while, no handshake) and only from a quiet channel, so nothing in progress is lost.
+
+Stalls: within a cohort a line that is late holds the batch back; a line late by more than ``stall_s`` is
+*evicted*: its channel is retired (fed silence, events dropped) and its next audio places it afresh (a
+digit sounding then may be lost).
 
 Known limits
 ============
-Lockstep costs latency: a cohort's batch runs when its *last* line's frame has arrived, so a line whose box
-delivers early in the 20 ms cycle waits up to one frame for the others (on top of the box's own buffering).
-Boxes with their own crystals also drift apart (±50 ppm is 0.4 samples/s at 8 kHz). A reader waits for its
-frame's events before it reads again, so a box that runs fast is read at the pace of the cohort and its
-surplus queues in the box until the box's buffer overflows and audio is lost (the driver reports the
-gap); at 50 ppm and a 100 ms buffer that is about every half hour. The simulated boxes share one clock, so
-no test shows it. Planned: let a line that is a frame ahead hand in its next frame without waiting (its events
-come one frame later), and drop the surplus only from quiet audio, moving the channel's offset so that
-events keep the line's time.
+A line in a call is never moved: in a call of more than about half an hour a box 50 ppm faster than its
+cohort's slowest can overflow its buffer (100 ms) and lose audio (the driver reports the gap).  The
+simulated boxes share one clock, so only the unit tests (which give lines their own clocks) show drift.
 
 No task of its own
 ==================
 There is no background task to own: the reader task whose frame completes a batch runs the bank
 (synchronously, ~0.4 ms for 32 lines), and a reader waiting for its frame's events runs the pending
 formation or eviction itself when its deadline (a cancel scope) expires.  Every waiter has its own
-deadline, so no batch depends on one particular task staying alive; a cancelled reader's line is
-closed by its owner (``SharedLine.close``), which retires its channel.
+deadline, so no batch depends on one particular task staying alive; a cancelled reader's line is closed by
+its owner (``SharedLine.close``), which retires its channel.
 """
 
 from __future__ import annotations
@@ -55,6 +79,11 @@ from drivers.dsp.pipeline import Event, LineAnalyzerBank
 
 __all__ = ["SharedLine", "SharedLineDsp"]
 
+CREEP = 0.001  # s per s: how fast a line's phase estimate may move later (crystals drift 50 us/s)
+WAITED_S = 0.002  # a read that blocked this long shows the box's timing (a buffered frame returns sooner)
+ESTIMATE_FRAMES = 2  # frames of a line seen before its phase is trusted enough to place it
+CHECK_BATCHES = 50  # a cohort checks its spread once a second (20 ms frames)
+
 
 @dataclass(eq=False)
 class _Submission:
@@ -69,7 +98,16 @@ class _Submission:
 class _Cohort:
     key: tuple
     bank: LineAnalyzerBank
-    members: list[SharedLine | None]  # channel -> line; None once the line left (channel fed silence)
+    members: list[SharedLine | None]  # channel -> line; None: free (retired channels are fed silence)
+    clock: int = 0  # samples fed to the bank so far
+    batches: int = 0
+
+    def live(self) -> list[tuple[int, SharedLine]]:
+        return [(ch, m) for ch, m in enumerate(self.members) if m is not None]
+
+    def epochs(self) -> list[float]:
+        """Each live member's *bank epoch*: when its audio of bank sample 0 arrived (or would have)."""
+        return [m._bank_epoch for _, m in self.live()]
 
 
 @dataclass(eq=False)
@@ -92,17 +130,32 @@ class SharedLine:
         self._last: _Submission | None = None  # where the last batch's samples ended
         self._cohort: _Cohort | None = None
         self._channel = -1
-        self._analysed = 0  # samples of this line analysed so far (all channels)
-        self._offset = 0  # samples the line had before its current channel started
+        self._analysed = 0  # samples of this line consumed so far (analysed, warm-up or skipped)
+        self._offset = 0  # line sample = bank sample + offset (for the current channel)
+        self._lead_in = 0  # samples of silence the channel gets before this line's audio
+        self._skip = 0  # samples of this line to discard before its channel's first sample
+        self._received = 0  # samples handed in so far
+        self._epoch = math.inf  # trio time at which the line's sample 0 arrived (estimate, see module doc)
+        self._crept_at = 0.0  # when the estimate was last allowed to creep
+        self._seen = 0  # submissions so far
+        # Where the current channel started (bank clock, first line sample fed, silence before it).
+        self._seat_clock = self._seat_start = self._seat_lead_in = 0
+        self.movable = False  # set by the driver: idle line (on hook, not ringing), may change cohort
         self.closed = False
 
-    async def analyse(self, samples: np.ndarray) -> list[Event]:
+    async def analyse(self, samples: np.ndarray, *, read_started: float | None = None) -> list[Event]:
+        """``read_started``: when the read that returned ``samples`` was issued (trio time). A read that
+        blocked shows when the box delivered; one that returned at once (the frame was waiting in the box,
+        the reader was late) or an unknown one only bounds it (see ``_observe``)."""
         if self.closed:
             raise RuntimeError("this line has left the shared DSP")
         x = np.asarray(samples, dtype=np.float32).reshape(-1)
         if x.size == 0:
+            await trio.lowlevel.checkpoint()
             return []
-        sub = _Submission(x, trio.current_time())
+        now = trio.current_time()
+        self._observe(now, x.size, read_started)
+        sub = _Submission(x, now)
         self._queue.append(sub)
         self._pending += x.size
         self._dsp._submitted(self)
@@ -127,8 +180,35 @@ class SharedLine:
 
     @property
     def offset(self) -> int:
-        """Samples of this line before its current channel started (not analysed: warm-up, eviction)."""
+        """Line sample index of the current channel's bank sample 0 (events are shifted by it)."""
         return self._offset
+
+    # -- phase
+    def _observe(self, now: float, size: int, read_started: float | None) -> None:
+        """Every arrival bounds the epoch from above (audio never arrives before the box captured it).
+        Only an arrival the reader waited for is the box's own timing: then the estimate may also move
+        later (by up to ``CREEP``), following a box that runs slow. A late reader's arrivals must not move
+        it (a line read at its cohort's pace would otherwise look as slow as the cohort's slowest box)."""
+        self._received += size
+        e = now - self._received / self.sample_rate
+        waited = read_started is not None and now - read_started >= WAITED_S
+        if self._seen == 0:
+            self._epoch = e
+        elif waited:
+            self._epoch = min(e, self._epoch + CREEP * max(0.0, now - self._crept_at))
+        else:
+            self._epoch = min(e, self._epoch)
+        if waited or self._seen == 0:
+            self._crept_at = now
+        self._seen += 1
+
+    def _next_arrival(self, frame: int) -> float:
+        """When the frame after the audio consumed and queued so far is expected (trio time)."""
+        return self._epoch + (self._analysed + self._pending + frame) / self.sample_rate
+
+    @property
+    def _bank_epoch(self) -> float:
+        return self._epoch + self._offset / self.sample_rate
 
     # -- used by SharedLineDsp
     @property
@@ -136,28 +216,56 @@ class SharedLine:
         """When the oldest audio still waiting for analysis arrived (inf: none waits)."""
         return self._queue[0].at if self._queue else math.inf
 
+    @property
+    def _available(self) -> int:
+        return self._lead_in + self._pending
+
     def _take(self, n: int) -> np.ndarray:
-        out = np.empty(n, dtype=np.float32)
-        filled = 0
+        """The channel's next ``n`` samples: lead-in silence first, then queued audio."""
+        out = np.zeros(n, dtype=np.float32)
+        filled = min(n, self._lead_in)
+        self._lead_in -= filled
+        real = 0
         for sub in self._queue:
+            if filled == n:
+                break
             k = min(n - filled, sub.samples.size - sub.used)
+            if k == 0:
+                continue
             out[filled : filled + k] = sub.samples[sub.used : sub.used + k]
             sub.used += k
             filled += k
+            real += k
             self._last = sub
-            if filled == n:
+        self._pending -= real
+        self._analysed += real
+        return out
+
+    def _consume(self, n: int) -> None:
+        """Discard ``n`` queued samples unanalysed (warm-up, skip): their submissions complete empty."""
+        left = n
+        for sub in self._queue:
+            if left == 0:
                 break
+            k = min(left, sub.samples.size - sub.used)
+            sub.used += k
+            left -= k
+            self._last = sub
         self._pending -= n
         self._analysed += n
-        return out
+        self._release()
 
     def _deliver(self, events: list[Event]) -> None:
         """Events of the last batch go with the submission the batch ended in (as LineAnalyzer.feed
         returns what a call's samples completed); finished submissions are released in order."""
-        if self._offset:
-            shift = self._offset / self.sample_rate
-            events = [dataclasses.replace(e, t=round(float(e.t) + shift, 4)) for e in events]
-        self._last.events.extend(events)
+        if events and self._last is not None:  # (a batch of lead-in silence alone gives none)
+            if self._offset:
+                shift = self._offset / self.sample_rate
+                events = [dataclasses.replace(e, t=round(float(e.t) + shift, 4)) for e in events]
+            self._last.events.extend(events)
+        self._release()
+
+    def _release(self) -> None:
         while self._queue and self._queue[0].used == self._queue[0].samples.size:
             self._queue.popleft().done.set()
 
@@ -167,20 +275,32 @@ class SharedLineDsp:
 
     ``line(tones=..., cid=...)`` registers a line; lines with the same options share banks."""
 
-    def __init__(self, *, form_s: float = 1.0, stall_s: float = 0.5) -> None:
-        if form_s <= 0 or stall_s <= 0:
-            raise ValueError(f"need form_s > 0 and stall_s > 0, got form_s={form_s}, stall_s={stall_s}")
+    def __init__(self, *, form_s: float = 1.0, stall_s: float = 0.5, width_s: float | None = None,
+                 frame_s: float = 0.02) -> None:
+        width_s = frame_s if width_s is None else width_s  # one phase group (see the module docstring)
+        if form_s <= 0 or stall_s <= 0 or frame_s <= 0 or not 0 < width_s <= frame_s:
+            raise ValueError(f"need form_s > 0, stall_s > 0, frame_s > 0 and 0 < width_s <= frame_s, got "
+                             f"form_s={form_s}, stall_s={stall_s}, width_s={width_s}, frame_s={frame_s}")
         self.form_s = form_s
         self.stall_s = stall_s
+        self.width_s = width_s
+        self.frame_s = frame_s
         self._cohorts: list[_Cohort] = []
         self._forming: dict[tuple, _Forming] = {}
         self._unplaced: dict[tuple, set[SharedLine]] = {}  # registered lines without a channel
         self.batches = 0  # bank calls so far
         self.evictions = 0
+        self.moves = 0  # drifted lines moved to a better phase group
+        self.joins = 0  # lines placed on a free channel of a running cohort
+        self.cohorts_formed = 0
 
     @property
     def cohorts(self) -> int:
         return len(self._cohorts)
+
+    def spreads(self) -> list[float]:
+        """Per cohort: how far apart (s) its members' frames arrive (the lockstep wait of the earliest)."""
+        return [max(e) - min(e) for c in self._cohorts if (e := c.epochs())]
 
     def line(self, *, tones: str = "jp", cid: str | None = "auto", sample_rate: int = 8000) -> SharedLine:
         key = (tones, cid, sample_rate)
@@ -191,19 +311,30 @@ class SharedLineDsp:
 
     # -- scheduling
     def _submitted(self, line: SharedLine) -> None:
+        if line._skip:
+            k = min(line._skip, line._pending)
+            line._skip -= k
+            line._consume(k)
         if line._cohort is not None:
             self._run_ready(line._cohort)
             return
         forming = self._forming.get(line.key)
+        if line._seen >= ESTIMATE_FRAMES and self._join_running(line, lossy=line.movable):
+            if forming is not None and line in forming.lines:
+                forming.lines.remove(line)
+                if not forming.lines:
+                    del self._forming[line.key]
+            return
         if forming is None:
             forming = self._forming[line.key] = _Forming(line.key, [], trio.current_time() + self.form_s)
         if line not in forming.lines:
             forming.lines.append(line)
-        if len(forming.lines) == len(self._unplaced[line.key]) or trio.current_time() >= forming.deadline:
+        everyone = len(forming.lines) == len(self._unplaced[line.key])
+        estimated = all(ln._seen >= ESTIMATE_FRAMES for ln in forming.lines)
+        if (everyone and estimated) or trio.current_time() >= forming.deadline:
             self._form(forming)  # every registered line is streaming, or the others are too late
-        else:  # warm-up: this audio is not analysed, the line's clock moves on
-            line._take(line._pending)
-            line._deliver([])
+        elif line._pending:  # warm-up: this audio is not analysed, the line's clock moves on
+            line._consume(line._pending)
 
     def _deadline_of(self, line: SharedLine) -> float:
         """A waiting line's own oldest audio sets its deadline; the earliest waiter of a stalled batch
@@ -220,31 +351,140 @@ class SharedLineDsp:
         cohort = line._cohort
         if line._since + self.stall_s > now:
             return
-        for ch, member in enumerate(cohort.members):
-            if member is not None and member._pending == 0:
-                self._evict(cohort, ch)
+        for ch, member in cohort.live():
+            if member._available == 0:
+                self._retire(cohort, ch)
+                self.evictions += 1
         self._run_ready(cohort)
 
+    # -- placing lines
+    def _frame(self, key: tuple) -> int:
+        return max(1, round(self.frame_s * key[2]))
+
+    def _pairing(self, line: SharedLine, ready: float, frame: int) -> int:
+        """The frame shift k that pairs ``line``'s next frame with the batch ready at ``ready`` + k frames
+        and makes it arrive at most a frame early: ``ready`` is the group's latest phase."""
+        return math.ceil((line._next_arrival(frame) - ready) / self.frame_s - 1e-6)
+
+    def _fit(self, cohort: _Cohort, line: SharedLine, frame: int) -> tuple[float, int] | None:
+        """(spread after joining, k: frames the line's next frame is later than the cohort's next batch),
+        for the k that keeps the spread smallest."""
+        epochs = cohort.epochs()
+        if not epochs:
+            return None
+        lo, hi = min(epochs), max(epochs)
+        base = line._next_arrival(frame) - (cohort.clock + frame) / line.sample_rate  # bank epoch for k = 0
+        k0 = math.floor((base - hi) / self.frame_s)
+        fits = []
+        for k in (k0, k0 + 1):
+            mine = base - k * self.frame_s
+            fits.append((max(hi, mine) - min(lo, mine), k))
+        return min(fits)
+
+    def _free_channel(self, cohort: _Cohort) -> int | None:
+        free = [ch for ch, m in enumerate(cohort.members) if m is None]
+        if not free:
+            return None
+        quiet = cohort.bank.quiet_channels()
+        for ch in free:
+            if quiet[ch]:
+                return ch
+        return None
+
+    def _join_running(self, line: SharedLine, *, lossy: bool, exclude: _Cohort | None = None) -> bool:
+        """Put ``line`` on a quiet free channel of a running cohort of its phase, if one fits. Unless
+        ``lossy``, only where none of its audio is skipped (a line that is behind, e.g. reading a backlog
+        after a stall, would lose it: it forms a cohort of its own and catches up there)."""
+        frame = self._frame(line.key)
+        best = None
+        for cohort in self._cohorts:
+            if cohort.key != line.key or cohort is exclude:
+                continue
+            fit = self._fit(cohort, line, frame)
+            if fit is None or fit[0] > self.width_s or (fit[1] < 0 and not lossy):
+                continue
+            ch = self._free_channel(cohort)
+            if ch is not None and (best is None or fit[0] < best[0]):
+                best = (fit[0], fit[1], cohort, ch)
+        if best is None:
+            return False
+        _, k, cohort, ch = best
+        old = line._cohort
+        if old is not None:
+            self._retire(old, line._channel)
+            if not old.live():
+                self._cohorts.remove(old)
+        cohort.bank.reset_channels([ch])
+        self._seat(cohort, ch, line, cohort.clock, k, frame)
+        self.joins += 1
+        self._run_ready(cohort)
+        return True
+
+    def _seat(self, cohort: _Cohort, ch: int, line: SharedLine, clock: int, k: int, frame: int) -> None:
+        """Line's next frame pairs with the bank's batch starting at ``clock`` + ``k`` frames: the channel
+        hears ``k`` frames of silence first (k > 0), or the line's next ``-k`` frames are skipped."""
+        cohort.members[ch] = line
+        line._cohort, line._channel = cohort, ch
+        start = line._analysed + line._pending  # the line's next frame
+        line._lead_in = max(0, k) * frame
+        line._skip = max(0, -k) * frame
+        line._offset = start + line._skip - (clock + line._lead_in)
+        line._seat_clock, line._seat_start, line._seat_lead_in = clock, start + line._skip, line._lead_in
+        # Audio already queued (the frame that triggered placement) is before `start`: discard it.
+        if line._pending:
+            line._consume(line._pending)
+        self._unplaced[line.key].discard(line)
+
     def _form(self, forming: _Forming) -> None:
-        del self._forming[forming.key]
+        if self._forming.get(forming.key) is forming:
+            del self._forming[forming.key]
         lines = [ln for ln in forming.lines if not ln.closed]
+        for ln in lines:  # a line placed since (joined a cohort) is no longer forming
+            if ln._pending and ln._cohort is None:
+                ln._consume(ln._pending)
+        lines = [ln for ln in lines if ln._cohort is None]
         if not lines:
             return
         tones, cid, rate = forming.key
-        cohort = _Cohort(forming.key, LineAnalyzerBank(len(lines), tones=tones, cid=cid, sample_rate=rate),
-                         list(lines))
-        for ch, ln in enumerate(lines):
-            ln._cohort, ln._channel, ln._offset = cohort, ch, ln._analysed
-            self._unplaced[forming.key].discard(ln)
-        self._cohorts.append(cohort)
-        self._run_ready(cohort)
+        frame = self._frame(forming.key)
+        for group in self._phase_groups(lines, frame):
+            spare = max(2, len(group) // 4)
+            bank = LineAnalyzerBank(len(group) + spare, tones=tones, cid=cid, sample_rate=rate)
+            cohort = _Cohort(forming.key, bank, [None] * (len(group) + spare))
+            latest = group[-1]  # the batch waits for the latest phase: pair everyone with its frame
+            ready = latest._next_arrival(frame)
+            for ch, ln in enumerate(group):
+                self._seat(cohort, ch, ln, 0, self._pairing(ln, ready, frame), frame)
+            self._cohorts.append(cohort)
+            self.cohorts_formed += 1
 
-    def _evict(self, cohort: _Cohort, ch: int) -> None:
+    def _phase_groups(self, lines: list[SharedLine], frame: int) -> list[list[SharedLine]]:
+        """Lines clustered by the phase of their next frame within the frame period: sorted on the circle,
+        cut at the widest gap, then greedily into arcs no wider than ``width_s`` (each arc in phase
+        order, the latest last)."""
+        period = self.frame_s
+        ref = lines[0]._next_arrival(frame)
+        phase = sorted(((ln._next_arrival(frame) - ref) % period, i) for i, ln in enumerate(lines))
+        gaps = [phase[j + 1][0] - phase[j][0] for j in range(len(phase) - 1)]
+        gaps.append(phase[0][0] + period - phase[-1][0])  # from the last round to the first
+        cut = (int(np.argmax(gaps)) + 1) % len(phase)
+        order = phase[cut:] + [(p + period, i) for p, i in phase[:cut]]
+        groups: list[list[SharedLine]] = []
+        start = None
+        for p, i in order:
+            if start is None or p - start > self.width_s:
+                groups.append([])
+                start = p
+            groups[-1].append(lines[i])
+        return groups
+
+    # -- leaving
+    def _retire(self, cohort: _Cohort, ch: int) -> None:
         line = cohort.members[ch]
         cohort.members[ch] = None
         line._cohort, line._channel = None, -1
+        line._lead_in = line._skip = 0
         self._unplaced[line.key].add(line)
-        self.evictions += 1
 
     def _leave(self, line: SharedLine) -> None:
         cohort = line._cohort
@@ -264,23 +504,60 @@ class SharedLineDsp:
         if cohort is not None:  # it may have been waiting only for this line
             self._run_ready(cohort)
 
+    # -- drift
+    def _check_spread(self, cohort: _Cohort) -> None:
+        """Move the member farthest from the others when the cohort's frames have drifted apart, and a lone
+        member (a line that formed a cohort of its own after a stall or a hot-plug) into a cohort of its
+        phase -- only an idle line on a quiet channel (see the module docstring)."""
+        live = cohort.live()
+        if not live:
+            return
+        quiet = cohort.bank.quiet_channels()
+        if len(live) == 1:
+            ch, line = live[0]
+            if line.movable and quiet[ch] and line._lead_in == 0:
+                if self._join_running(line, lossy=True, exclude=cohort):
+                    self.moves += 1
+            return
+        epochs = np.array([m._bank_epoch for _, m in live])
+        if epochs.max() - epochs.min() <= 2 * self.width_s:
+            return
+        centre = float(np.median(epochs))
+        for j in np.argsort(-np.abs(epochs - centre)):
+            ch, line = live[int(j)]
+            if line.movable and quiet[ch] and line._lead_in == 0:
+                self._retire(cohort, ch)
+                self.moves += 1
+                if not self._join_running(line, lossy=True):
+                    forming = self._forming.get(line.key)
+                    if forming is not None:  # placed with the lines forming now
+                        forming.lines.append(line)
+                    else:  # a cohort of its own, at once (its phase is known)
+                        self._form(_Forming(line.key, [line], trio.current_time()))
+                return
+
     def _run_ready(self, cohort: _Cohort) -> None:
         """Feed the bank while every live member has audio queued: one lockstep batch each time."""
         while True:
-            live = [(ch, m) for ch, m in enumerate(cohort.members) if m is not None]
+            live = cohort.live()
             if not live:
-                self._cohorts.remove(cohort)
+                if cohort in self._cohorts:
+                    self._cohorts.remove(cohort)
                 return
-            n = min(m._pending for _, m in live)
+            n = min(m._available for _, m in live)
             if n == 0:
                 return
-            x = np.zeros((cohort.bank.channels, n), dtype=np.float32)  # retired channels hear silence
+            x = np.zeros((cohort.bank.channels, n), dtype=np.float32)  # free channels hear silence
             for ch, m in live:
                 x[ch] = m._take(n)
             per: dict[int, list[Event]] = {ch: [] for ch, _ in live}
             for ch, event in cohort.bank.feed(x):
                 if ch in per:
                     per[ch].append(event)
+            cohort.clock += n
+            cohort.batches += 1
             self.batches += 1
             for ch, m in live:
                 m._deliver(per[ch])
+            if cohort.batches % CHECK_BATCHES == 0:
+                self._check_spread(cohort)

@@ -163,6 +163,7 @@ class LineMonitor:
         self.t = 0.0
         self._status = LineStatus()
         self._ring_start: float | None = None
+        self._ring_end: float | None = None  # line time the last ring burst stopped
         self._ring_reported = False
         self._handshake_until: float | None = None
         self._own_hook = False  # True while the monitor holds the loop closed for the handshake
@@ -170,6 +171,17 @@ class LineMonitor:
     @property
     def in_handshake(self) -> bool:
         return self._handshake_until is not None
+
+    # Ring cadences pause up to 4 s (GR-506-CORE, NTT); FSK caller ID comes between the first two rings.
+    IDLE_AFTER_RING_S = 6.0
+
+    @property
+    def idle(self) -> bool:
+        """On hook, not ringing for ``IDLE_AFTER_RING_S``, no handshake: nothing on the line a DSP restart
+        could cut into (the shared DSP may move an idle line to another bank, see shared_dsp.py)."""
+        st = self._status
+        recent_ring = self._ring_end is not None and self.t - self._ring_end < self.IDLE_AFTER_RING_S
+        return not (st.off_hook or st.ring or st.dialing or self.in_handshake or recent_ring)
 
     @staticmethod
     def audio_of(item: BoxInput) -> np.ndarray | None:
@@ -197,6 +209,8 @@ class LineMonitor:
     def _on_status(self, st: LineStatus) -> list[Any]:
         old, self._status = self._status, st
         out: list[Any] = []
+        if old.ring and not st.ring:
+            self._ring_end = self.t
         if st.ring and not old.ring:
             self._ring_start, self._ring_reported = self.t, False
             if not self.ntt_handshake or self.in_handshake:
@@ -479,6 +493,7 @@ class UsbVoiceBox:
         while True:
             try:
                 async with self._lock:
+                    read_started = trio.current_time()  # the shared DSP learns the box's frame clock
                     data = await trio.to_thread.run_sync(session.read, stream)
             except usb.core.USBTimeoutError:
                 continue
@@ -487,15 +502,21 @@ class UsbVoiceBox:
                 scope.cancel()
                 return
             for item in session.parse(stream, data):
-                await self._handle(session, item, lost, scope)
+                await self._handle(session, item, lost, scope, read_started)
+                if not isinstance(item, StatusReport):
+                    read_started = None  # a second frame of the same read was waiting: no timing
 
-    async def _handle(self, session, item: BoxInput, lost: list[str], scope: trio.CancelScope) -> None:
+    async def _handle(self, session, item: BoxInput, lost: list[str], scope: trio.CancelScope,
+                      read_started: float | None = None) -> None:
         events = None
         if self._dsp_line is not None:
             x = LineMonitor.audio_of(item)
             if x is not None:
-                events = await self._dsp_line.analyse(x)
-        for out in self.monitor.feed(item, events):
+                events = await self._dsp_line.analyse(x, read_started=read_started)
+        outputs = self.monitor.feed(item, events)
+        if self._dsp_line is not None:
+            self._dsp_line.movable = self.monitor.idle
+        for out in outputs:
             if isinstance(out, Hook):
                 await self._command_on(session, out, lost, scope)
             else:

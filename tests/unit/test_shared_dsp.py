@@ -35,54 +35,51 @@ def _line_audio(i: int, rng: np.random.Generator) -> np.ndarray:
     return np.pad(x, (0, -x.size % FRAME))
 
 
-def _reference(x: np.ndarray, offset: int = 0) -> list[list]:
-    """Per frame, what a line's own LineAnalyzer gives when started ``offset`` samples into the line."""
-    analyzer = LineAnalyzer(tones="jp")
-    shift = offset / 8000
-    out: list[list] = [[] for _ in range(offset // FRAME)]
-    for k in range(offset, x.size, FRAME):
-        events = analyzer.feed(x[k : k + FRAME])
-        if offset:
-            events = [dataclasses.replace(e, t=round(float(e.t) + shift, 4)) for e in events]
-        out.append(events)
-    return out
-
-
 async def _through_shared(line: SharedLine, x: np.ndarray, start: float, lag: dict[int, float],
-                          out: list[list], offsets: list[int]) -> None:
+                          out: list[list], seats: list) -> None:
     """One box reader: a frame every 20 ms from ``start``; frame k arrives ``lag[k]`` late."""
     for k in range(x.size // FRAME):
         await trio.sleep_until(start + 0.02 * k + lag.get(k, 0.0))
         out.append(await line.analyse(x[k * FRAME : (k + 1) * FRAME]))
-        offsets.append(line.offset)
+        seats.append((line._seat_start, line._seat_lead_in, line.offset, line._seat_clock))
     line.close()
+
+
+def _same_events(got: list, reference: list, tolerance_s: float) -> None:
+    """The same events (kind, digit or number, order), each within ``tolerance_s`` of the reference's."""
+    def key(e):
+        return (type(e).__name__, getattr(e, "digit", None), getattr(e, "number", None),
+                getattr(e, "name", None))
+
+    assert [key(e) for e in got] == [key(e) for e in reference]
+    assert all(abs(a.t - b.t) <= tolerance_s for a, b in zip(got, reference, strict=True)), (got, reference)
 
 
 async def test_shared_bank_gives_each_line_its_own_analyzers_events(autojump_clock):
     rng = np.random.default_rng(7)
     lines = 5
     audio = [_line_audio(i, rng) for i in range(lines)]
-    dsp = SharedLineDsp(form_s=1.0, stall_s=0.06)
+    dsp = SharedLineDsp(form_s=1.0, stall_s=0.06, width_s=0.005)
     handles = [dsp.line(tones="jp") for _ in range(lines)]
     got: list[list] = [[] for _ in range(lines)]
-    offsets: list[list[int]] = [[] for _ in range(lines)]
-    # Boxes out of phase and coming up at different times (frames interleaved; the bank starts once the
-    # last line streams); line 3 is 35 ms late on frame 40 (and 20 ms on 41): the batch waits for it.
+    seats: list[list] = [[] for _ in range(lines)]
+    # Boxes out of phase (0, 7, 13, 2 and 4 ms into the 20 ms frame: three phase groups of 5 ms) and coming
+    # up at different times; line 3 is 35 ms late on frame 40 (and 20 ms on 41): its group waits for it.
     phase = [0.0, 0.047, 0.013, 0.002, 0.104]
     lags = [{}, {}, {}, {40: 0.035, 41: 0.02}, {}]
     async with trio.open_nursery() as nursery:
         for i in range(lines):
-            args = handles[i], audio[i], 1.0 + phase[i], lags[i], got[i], offsets[i]
+            args = handles[i], audio[i], 1.0 + phase[i], lags[i], got[i], seats[i]
             nursery.start_soon(_through_shared, *args)
-    assert dsp.evictions == 0
-    assert [o[-1] for o in offsets] == [6 * FRAME, 3 * FRAME, 5 * FRAME, 6 * FRAME, 0]  # warm-up
+    assert dsp.evictions == 0 and dsp.joins == 0
+    assert dsp.cohorts_formed == 3
     for i in range(lines):
-        reference = _reference(audio[i], offsets[i][-1])
+        start, lead_in, offset, clock = seats[i][-1]
+        assert clock == 0 and offset == start - lead_in
+        reference = _events_per_frame(audio[i], start, lead_in, offset)
         assert any(isinstance(e, CallerId) for f in reference for e in f)
         assert any(isinstance(e, DtmfDigit) for f in reference for e in f)
         assert got[i] == reference, f"line {i}"
-    frames = [x.size // FRAME - o[-1] // FRAME for x, o in zip(audio, offsets, strict=True)]
-    assert dsp.batches == max(frames)  # one bank call per tick for all five lines
 
 
 async def test_stalled_line_is_evicted_and_restarts_on_line_time(autojump_clock):
@@ -91,16 +88,20 @@ async def test_stalled_line_is_evicted_and_restarts_on_line_time(autojump_clock)
     dsp = SharedLineDsp(form_s=1.0, stall_s=0.06)
     handles = [dsp.line(tones="jp"), dsp.line(tones="jp")]
     got: list[list] = [[], []]
-    offsets: list[list[int]] = [[], []]
+    seats: list[list] = [[], []]
     stall_frame = 5  # before the caller ID: the restart loses nothing
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(_through_shared, handles[0], audio[0], 1.0, {}, got[0], offsets[0])
-        nursery.start_soon(_through_shared, handles[1], audio[1], 1.0, {stall_frame: 0.5}, got[1], offsets[1])
+        nursery.start_soon(_through_shared, handles[0], audio[0], 1.0, {}, got[0], seats[0])
+        nursery.start_soon(_through_shared, handles[1], audio[1], 1.0, {stall_frame: 0.5}, got[1], seats[1])
     assert dsp.evictions == 1
-    assert offsets[0][-1] in (0, FRAME)  # the frame that opened the cohort's formation is warm-up
-    assert offsets[1][-1] == stall_frame * FRAME
-    assert got[0] == _reference(audio[0], offsets[0][-1])  # the punctual line only waits up to stall_s
-    assert got[1] == _reference(audio[1], stall_frame * FRAME)  # a fresh channel, on line time
+    start, lead_in, offset, clock = seats[0][-1]
+    assert got[0] == _events_per_frame(audio[0], start, lead_in, offset)  # the punctual line waits <= stall_s
+    # The stalled line comes back reading a backlog (behind its old group): it forms a bank of its own and
+    # catches up there, losing nothing after the stall (on its own time).
+    assert dsp.joins == 0 and dsp.cohorts_formed == 2
+    start, lead_in, offset, clock = seats[1][-1]
+    assert clock == 0 and start == (stall_frame + 1) * FRAME
+    assert got[1] == _events_per_frame(audio[1], start, lead_in, offset)
     assert any(isinstance(e, CallerId) for f in got[1] for e in f)
 
 
@@ -194,7 +195,7 @@ async def test_the_reader_that_completes_a_batch_yields_with_the_others(autojump
 
     async def reader(i: int) -> None:
         start = trio.current_time()
-        for k in range(4):  # the cohort forms on line 2's first frame; line 2's frames complete the batches
+        for k in range(6):  # line 2's frames complete the batches
             await trio.sleep_until(start + 0.02 * k + 0.001 * i)
             with trio.testing.assert_checkpoints():
                 await lines[i].analyse(frame)
@@ -210,5 +211,198 @@ async def test_the_reader_that_completes_a_batch_yields_with_the_others(autojump
         trio.lowlevel.remove_instrument(passes)
     assert dsp.evictions == 0
     at = {(k, i): p for k, i, p in resumed}
-    for k in range(1, 4):  # line 2 opened the cohort with its frame 0: its frame k-1 goes with the others' k
-        assert at[k, 0] == at[k, 1] == at[k - 1, 2], resumed
+    for k in range(2, 6):  # frames 0 and 1 are warm-up (the phases are estimated), then one batch per frame
+        assert at[k, 0] == at[k, 1] == at[k, 2], resumed
+
+
+# ------------------------------------------------------------------------------ phase groups
+def _events_per_frame(x: np.ndarray, start: int, lead_in: int, shift_samples: int) -> list:
+    """What a fresh channel gives for ``lead_in`` samples of silence then ``x[start:]``, frame by frame, on
+    the line's clock (``shift_samples``: line sample of the channel's sample 0); the same framing as the
+    line's own (one list per frame of x; frames before ``start`` are empty)."""
+    analyzer = LineAnalyzer(tones="jp")
+    if lead_in:
+        lead = analyzer.feed(np.zeros(lead_in, np.float32))
+        assert lead == []
+    out: list[list] = [[] for _ in range(start // FRAME)]
+    for k in range(start, x.size, FRAME):
+        events = analyzer.feed(x[k : k + FRAME])
+        out.append([dataclasses.replace(e, t=round(float(e.t) + shift_samples / 8000, 4)) for e in events])
+    return out
+
+
+async def _paced(line: SharedLine, x: np.ndarray, start: float, period: float, out: list, waits: list,
+                 seats: list, late: list | None = None) -> None:
+    """A box with its own frame clock: frame k is captured at ``start + k * period`` and read then, or
+    when the reader is back from the previous frame's events (``late``: how much later)."""
+    for k in range(x.size // FRAME):
+        read_started = trio.current_time()
+        await trio.sleep_until(start + period * k)
+        t0 = trio.current_time()
+        if late is not None:
+            late.append(t0 - (start + period * k))
+        out.append(await line.analyse(x[k * FRAME : (k + 1) * FRAME], read_started=read_started))
+        waits.append(trio.current_time() - t0)
+        seats.append((line._seat_start, line._seat_lead_in, line.offset, line._seat_clock))
+    line.close()
+
+
+async def test_lines_are_grouped_by_phase_and_wait_at_most_the_group_width(autojump_clock):
+    """12 boxes whose frames arrive at phases spread over the whole 20 ms: one bank would make the earliest
+    wait ~18 ms for the latest every frame; phase groups of 5 ms bound every wait by 5 ms, and each line
+    still gets exactly the events of its own analyser."""
+    rng = np.random.default_rng(11)
+    n = 12
+    audio = [_line_audio(i, rng) for i in range(n)]
+    dsp = SharedLineDsp(form_s=1.0, stall_s=0.5, width_s=0.005)
+    handles = [dsp.line(tones="jp") for _ in range(n)]
+    got, waits, seats = ([[] for _ in range(n)] for _ in range(3))
+    phases = [(i * 7 % n) * 0.02 / n for i in range(n)]  # 0 .. 18.3 ms, shuffled
+    async with trio.open_nursery() as nursery:
+        for i in range(n):
+            start = 1.0 + phases[i] + 0.02 * (i % 3)  # and up at different frames
+            nursery.start_soon(_paced, handles[i], audio[i], start, 0.02, got[i], waits[i], seats[i])
+    assert 4 <= dsp.cohorts_formed <= 5  # 20 ms / 5 ms
+    assert dsp.evictions == 0 and dsp.moves == 0
+    for i in range(n):
+        assert max(waits[i][3:]) <= 0.005 + 1e-9, (i, max(waits[i]))
+        start, lead_in, offset, clock = seats[i][-1]
+        assert offset == start - lead_in
+        reference = _events_per_frame(audio[i], start, lead_in, offset)
+        assert any(isinstance(e, CallerId) for f in reference for e in f)
+        assert any(isinstance(e, DtmfDigit) for f in reference for e in f)
+        assert got[i] == reference, f"line {i}"
+
+
+async def test_one_group_when_the_width_is_a_whole_frame(autojump_clock):
+    """width_s = frame_s: one bank for every line (the lockstep of before), waits up to a frame."""
+    rng = np.random.default_rng(5)
+    n = 6
+    audio = [_line_audio(i, rng) for i in range(n)]
+    dsp = SharedLineDsp(form_s=1.0, stall_s=0.5, width_s=0.02)
+    handles = [dsp.line(tones="jp") for _ in range(n)]
+    got, waits, seats = ([[] for _ in range(n)] for _ in range(3))
+    async with trio.open_nursery() as nursery:
+        for i in range(n):
+            start = 1.0 + 0.0033 * i
+            nursery.start_soon(_paced, handles[i], audio[i], start, 0.02, got[i], waits[i], seats[i])
+    assert dsp.cohorts_formed == 1
+    assert max(max(w[3:]) for w in waits) == pytest.approx(0.0165, abs=1e-6)
+    for i in range(n):
+        start, lead_in, offset, clock = seats[i][-1]
+        assert got[i] == _events_per_frame(audio[i], start, lead_in, offset), f"line {i}"
+
+
+async def test_a_line_that_comes_later_joins_a_running_group_of_its_phase(autojump_clock):
+    rng = np.random.default_rng(2)
+    dsp = SharedLineDsp(form_s=0.5, stall_s=0.5, width_s=0.005)
+    first = [dsp.line(tones="jp") for _ in range(4)]
+    quiet = np.zeros(FRAME * 150, np.float32)
+    late_audio = _line_audio(3, rng)
+    got, waits, seats = ([[] for _ in range(5)] for _ in range(3))
+    phases = [0.0, 0.001, 0.010, 0.011]
+    async with trio.open_nursery() as nursery:
+        for i in range(4):
+            nursery.start_soon(_paced, first[i], quiet, 1.0 + phases[i], 0.02, got[i], waits[i], seats[i])
+        await trio.sleep_until(1.5)
+        assert dsp.cohorts == 2
+        late = dsp.line(tones="jp")  # hot-plugged: phase 10.5 ms, with the second group
+        nursery.start_soon(_paced, late, late_audio, 1.7105, 0.02, got[4], waits[4], seats[4])
+    assert dsp.joins == 1 and dsp.cohorts_formed == 2
+    assert max(waits[4][3:]) <= 0.005
+    events = [e for f in got[4] for e in f]
+    start, lead_in, offset, clock = seats[4][-1]
+    reference = [e for f in _events_per_frame(late_audio, start, lead_in, clock + offset) for e in f]
+    # Its channel started mid-stream: the same events, each within a DTMF block of the fresh analyser's.
+    assert [type(e) for e in events] == [type(e) for e in reference]
+    assert [getattr(e, "digit", None) or getattr(e, "number", None) for e in events] == \
+        [getattr(e, "digit", None) or getattr(e, "number", None) for e in reference]
+    assert all(abs(a.t - b.t) <= 0.0135 for a, b in zip(events, reference, strict=True))
+
+
+async def test_an_idle_line_whose_box_drifts_moves_to_the_group_it_now_fits(autojump_clock):
+    """Boxes with their own crystals: line 2's runs 0.1 % slow, so its frames fall behind its group's by
+    1 ms every 50 frames. Once its group is spread over 2 x width it is moved (idle, quiet channel), and the
+    waits stay bounded; the digits it hears afterwards are found on its own time."""
+    dsp = SharedLineDsp(form_s=0.5, stall_s=0.5, width_s=0.004)
+    lines = [dsp.line(tones="jp") for _ in range(3)]
+    for line in lines:
+        line.movable = True
+    frames = 1500  # 30 s
+    quiet = np.zeros(FRAME * frames, np.float32)
+    drifting = quiet.copy()
+    digits_at = FRAME * (frames - 200)
+    tone = gen.dtmf_waveform("47")
+    drifting[digits_at : digits_at + tone.size] = tone
+    got, waits, seats = ([[] for _ in range(3)] for _ in range(3))
+    periods = [0.02, 0.02, 0.02002]
+    phases = [0.0, 0.015, 0.001]
+    async with trio.open_nursery() as nursery:
+        for i, x in enumerate((quiet, quiet, drifting)):
+            nursery.start_soon(_paced, lines[i], x, 1.0 + phases[i], periods[i], got[i], waits[i], seats[i])
+    assert dsp.moves >= 1
+    assert max(w for ws in waits for w in ws[3:]) <= 2 * 0.004 + 0.0011
+    digits = [e for f in got[2] for e in f if isinstance(e, DtmfDigit)]
+    assert [d.digit for d in digits] == ["4", "7"]
+    assert abs(digits[0].t - digits_at / 8000) <= 0.015
+
+
+async def test_a_busy_line_is_not_moved(autojump_clock):
+    dsp = SharedLineDsp(form_s=0.5, stall_s=0.5, width_s=0.004)
+    lines = [dsp.line(tones="jp") for _ in range(2)]  # not movable: in a call
+    x = np.zeros(FRAME * 800, np.float32)
+    got, waits, seats = ([[] for _ in range(2)] for _ in range(3))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_paced, lines[0], x, 1.0, 0.02, got[0], waits[0], seats[0])
+        nursery.start_soon(_paced, lines[1], x, 1.001, 0.02002, got[1], waits[1], seats[1])
+    assert dsp.moves == 0
+    assert max(waits[0][3:]) > 0.008  # the lockstep wait grows with the drift
+
+
+@pytest.mark.parametrize("movable", [True, False])
+async def test_one_group_re_pairs_a_slow_idle_line_so_the_others_do_not_fall_behind(autojump_clock, movable):
+    """One bank (the default): line 2's box runs 0.05 % slow, so the bank, waiting for its frames, falls
+    behind the other boxes by 1 ms every 100 frames (their frames queue in the boxes). An idle line is
+    re-seated with a frame of silence each time the spread passes two frames, so the others stay within
+    a few frames of real time; a line in a call (not movable) is not, and their backlog keeps growing."""
+    dsp = SharedLineDsp(form_s=0.5, stall_s=0.5)
+    lines = [dsp.line(tones="jp") for _ in range(3)]
+    for line in lines:
+        line.movable = movable
+    x = np.zeros(FRAME * 7500, np.float32)  # 150 s: 75 ms of drift
+    got, waits, seats, late = ([[] for _ in range(3)] for _ in range(4))
+    periods = [0.02, 0.02, 0.02001]
+    async with trio.open_nursery() as nursery:
+        for i in range(3):
+            nursery.start_soon(_paced, lines[i], x, 1.0 + 0.003 * i, periods[i], got[i], waits[i], seats[i],
+                               late[i])
+    behind = max(max(late[0]), max(late[1]))
+    if movable:
+        assert dsp.moves >= 1
+        assert behind <= 0.025  # at most a frame: the group's spread
+    else:
+        assert dsp.moves == 0
+        assert behind >= 0.05
+
+
+def test_line_monitor_idle_is_on_hook_and_not_ringing_for_a_while():
+    """What the USB box driver tells the shared DSP (SharedLine.movable): an idle line may be re-seated."""
+    monitor = LineMonitor(tones="jp", analyse=False)
+    silence = AudioIn(np.zeros(FRAME, np.float32))
+
+    def frames(n: int) -> None:
+        for _ in range(n):
+            monitor.feed(silence, [])
+
+    frames(5)
+    assert monitor.idle
+    monitor.feed(StatusReport(LineStatus(ring=True)))
+    frames(50)  # a 1 s ring
+    assert not monitor.idle
+    monitor.feed(StatusReport(LineStatus(ring=False)))
+    frames(50 * 5)  # 5 s after the ring: the next ring or caller ID may still come
+    assert not monitor.idle
+    frames(55)
+    assert monitor.idle
+    monitor.feed(StatusReport(LineStatus(off_hook=True)))
+    assert not monitor.idle
