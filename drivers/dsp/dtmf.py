@@ -112,8 +112,14 @@ def _dirichlet_power_gain(offset_hz: np.ndarray, n: int) -> np.ndarray:
     x = np.pi * offset_hz / SAMPLE_RATE
     num = np.sin(n * x)
     den = n * np.sin(x)
-    gain = np.where(np.abs(den) < 1e-9, 1.0, num / np.where(np.abs(den) < 1e-9, 1.0, den))
+    tiny = np.abs(den) < 1e-9
+    gain = np.where(tiny, 1.0, num / np.where(tiny, 1.0, den))
     return np.maximum(gain * gain, 0.05)
+
+
+_PAIR = np.array([0, 1])  # last axis of the row/column pairs: 0 = row group, 1 = column group
+# Columns of the Blackman (cos, sin) and Blackman-derivative (cos, sin) bins of row 0 and column 0.
+_REASSIGN_COLUMNS = np.array([[32, 40, 48, 56], [36, 44, 52, 60]])
 
 
 class DtmfBank:
@@ -129,6 +135,8 @@ class DtmfBank:
         n = BLOCK
         fund = np.array(ROW_FREQS + COLUMN_FREQS)
         self._fund = fund
+        self._fund_pairs = fund.reshape(2, 4)
+        self._grid_cache: dict[tuple[int, ...], tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...]]] = {}
         harm = 2.0 * fund
         parts = [
             sinusoid_basis(np.concatenate([fund, harm]), n),  # 0..15 cos, 16..31 sin
@@ -182,49 +190,64 @@ class DtmfBank:
 
         Public so tests and tools can look at why a block was (not) taken.
         """
+        return self._features(np.asarray(blocks), full=True)
+
+    def _grids(self, lead: tuple[int, ...]) -> tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...]]:
+        """Open index grids over the leading axes of a feature array, with one and with two trailing unit
+        axes: ``x[(*grid, cols)]`` picks, per block, the columns ``cols (..., k)`` (``take_along_axis``
+        without its per-call set-up)."""
+        grids = self._grid_cache.get(lead)
+        if grids is None:
+            nd = len(lead)
+            one, two = [], []
+            for axis, size in enumerate(lead):
+                shape = [1] * nd
+                shape[axis] = size
+                idx = np.arange(size).reshape(shape)
+                one.append(idx[..., None])
+                two.append(idx[..., None, None])
+            grids = self._grid_cache[lead] = (tuple(one), tuple(two))
+        return grids
+
+    def _features(self, blocks: np.ndarray, *, full: bool) -> dict[str, np.ndarray]:
+        """The features of :meth:`analyse`; with ``full=False`` only ``digit``, ``hit`` and ``power`` (what
+        the digit state machine needs). Row and column quantities are computed as pairs on a last axis of
+        2 (0 = row, 1 = column), element for element the same arithmetic as one at a time."""
         n = BLOCK
         x = blocks @ self._basis  # the one matrix product
-        rect = x[..., :32]
-        powers = bin_power(rect[..., 0:8], rect[..., 16:24], n)
-        row = np.argmax(powers[..., :4], axis=-1)
-        col = np.argmax(powers[..., 4:], axis=-1)
+        lead = x.shape[:-1]
+        grid1, grid2 = self._grids(lead)
+        powers = bin_power(x[..., 0:8], x[..., 16:24], n)
+        pairs = powers.reshape(lead + (2, 4))  # [..., 0, :] rows, [..., 1, :] columns
+        best = np.argmax(pairs, axis=-1)  # (..., 2): row, column
+        row = best[..., 0]
+        col = best[..., 1]
         digit = row * 4 + col
-        rect_row = np.take_along_axis(powers[..., :4], row[..., None], -1)[..., 0]
-        rect_col = np.take_along_axis(powers[..., 4:], col[..., None], -1)[..., 0]
+        rect_best = pairs.max(axis=-1)  # the power at the argmax
+        others = np.sort(pairs, axis=-1)[..., -2]
 
         # Least-squares two-tone fit (and with harmonics) at the candidate digit's frequencies.
-        b = np.take_along_axis(rect, self._ls_index[digit], -1)
+        b = x[(*grid1, self._ls_index[digit])]
         g_full = self._ginv_full[digit]
         g_fund = self._ginv_fund[digit]
         b4 = b[..., :4]
         amp = np.einsum("...ij,...j->...i", g_fund, b4)
         e_fund = np.einsum("...i,...i->...", amp, b4)
         e_all = np.einsum("...i,...ij,...j->...", b, g_full, b)
-        tone_row = 0.5 * (amp[..., 0] ** 2 + amp[..., 1] ** 2)
-        tone_col = 0.5 * (amp[..., 2] ** 2 + amp[..., 3] ** 2)
+        sq = amp * amp
+        tone = 0.5 * (sq[..., 0::2] + sq[..., 1::2])  # (..., 2): row, column
         fund_power = e_fund / n
         harm_power = np.maximum(e_all - e_fund, 0.0) / n
 
         # Frequency reassignment at the candidate row and column.
-        f_row = np.asarray(self._fund)[row]
-        f_col = np.asarray(self._fund)[4 + col]
-        est_row = reassigned_frequency(
-            np.take_along_axis(x[..., 32:36], row[..., None], -1)[..., 0],
-            np.take_along_axis(x[..., 40:44], row[..., None], -1)[..., 0],
-            np.take_along_axis(x[..., 48:52], row[..., None], -1)[..., 0],
-            np.take_along_axis(x[..., 56:60], row[..., None], -1)[..., 0],
-            f_row,
-        )
-        est_col = reassigned_frequency(
-            np.take_along_axis(x[..., 36:40], col[..., None], -1)[..., 0],
-            np.take_along_axis(x[..., 44:48], col[..., None], -1)[..., 0],
-            np.take_along_axis(x[..., 52:56], col[..., None], -1)[..., 0],
-            np.take_along_axis(x[..., 60:64], col[..., None], -1)[..., 0],
-            f_col,
-        )
+        f = self._fund_pairs[_PAIR, best]
+        g = x[(*grid2, best[..., None] + _REASSIGN_COLUMNS)]
+        est = reassigned_frequency(g[..., 0], g[..., 1], g[..., 2], g[..., 3], f)
+        offset = est - f
         # Undo the rectangular bin's scalloping for an off-frequency tone before level/twist checks.
-        tone_row = tone_row / _dirichlet_power_gain(est_row - f_row, n)
-        tone_col = tone_col / _dirichlet_power_gain(est_col - f_col, n)
+        tone = tone / _dirichlet_power_gain(offset, n)
+        tone_row = tone[..., 0]
+        tone_col = tone[..., 1]
 
         mean = x[..., 64] / n
         energy = np.einsum("...i,...i->...", blocks, blocks) / n - mean * mean
@@ -234,16 +257,27 @@ class DtmfBank:
         energy = np.maximum(energy, 1e-20)
 
         p = self.params
-        others_row = np.sort(powers[..., :4], axis=-1)[..., -2]
-        others_col = np.sort(powers[..., 4:], axis=-1)[..., -2]
+        pair_ok = (tone >= self._min_power) & (np.abs(offset) <= p.frequency_tolerance * f)
+        if not full:
+            hit = (
+                pair_ok[..., 0]
+                & pair_ok[..., 1]
+                & (tone_col <= tone_row * self._normal)
+                & (tone_row <= tone_col * self._reverse)
+                & np.all(others * self._rel_peak <= rect_best, axis=-1)
+                & ((tone_row + tone_col) >= p.relative_energy * energy)
+                & (harm_power <= self._harm * fund_power)
+            )
+            return {"digit": digit, "hit": hit, "power": fund_power}
+        level = (tone >= self._min_power)
+        freq_ok = np.abs(offset) <= p.frequency_tolerance * f
+        peak_ok = others * self._rel_peak <= rect_best
         checks = {
-            "level": (tone_row >= self._min_power) & (tone_col >= self._min_power),
+            "level": level[..., 0] & level[..., 1],
             "twist": (tone_col <= tone_row * self._normal) & (tone_row <= tone_col * self._reverse),
-            "relative_peak": (others_row * self._rel_peak <= rect_row)
-            & (others_col * self._rel_peak <= rect_col),
+            "relative_peak": peak_ok[..., 0] & peak_ok[..., 1],
             "relative_energy": (tone_row + tone_col) >= p.relative_energy * energy,
-            "frequency": (np.abs(est_row - f_row) <= p.frequency_tolerance * f_row)
-            & (np.abs(est_col - f_col) <= p.frequency_tolerance * f_col),
+            "frequency": freq_ok[..., 0] & freq_ok[..., 1],
             "harmonic": harm_power <= self._harm * fund_power,
         }
         hit = np.logical_and.reduce(list(checks.values()))
@@ -253,8 +287,8 @@ class DtmfBank:
             "power": fund_power,
             "tone_row": tone_row,
             "tone_col": tone_col,
-            "est_row": est_row,
-            "est_col": est_col,
+            "est_row": est[..., 0],
+            "est_col": est[..., 1],
             "energy": energy,
             **checks,
         }
@@ -265,11 +299,20 @@ class DtmfBank:
         blocks, first = self._stream.push(samples)
         if blocks.shape[1] == 0:
             return []
-        feats = self.analyse(blocks)
+        feats = self._features(blocks, full=False)
+        digit, hit, power = feats["digit"], feats["hit"], feats["power"]
+        if not hit.any() and self._active.max() < 0:
+            # No digit sounding and no hit in any block: every step would only drop the candidates and
+            # remember the block (what _step does for idle channels without a hit).
+            self._cand.fill(-1)
+            self._cand_count.fill(0)
+            self._prev_digit = digit[:, -1]
+            self._prev_power = power[:, -1]
+            return []
         out: list[tuple[int, DtmfDigit]] = []
         for m in range(blocks.shape[1]):
             start = first + m * BLOCK
-            out.extend(self._step(start, feats["digit"][:, m], feats["hit"][:, m], feats["power"][:, m]))
+            out.extend(self._step(start, digit[:, m], hit[:, m], power[:, m]))
         return out
 
     def flush(self) -> list[tuple[int, DtmfDigit]]:

@@ -119,6 +119,21 @@ def _reference(freq_hz: int, sample_rate: int) -> np.ndarray:
     return ref
 
 
+_BIT_WEIGHTS = 1 << np.arange(8)  # data bits LSB first
+
+
+def _reference_run(ref: np.ndarray, start: int, n: int, runs: dict[int, np.ndarray]) -> np.ndarray:
+    """``ref[(start + arange(n)) % len(ref)]``, sliced from ``ref`` repeated (kept in ``runs``)."""
+    period = ref.size
+    phase = start % period
+    run = runs.get(period)
+    if run is None or run.size < phase + n:
+        run = np.tile(ref, -(-(period + n) // period))
+        run.setflags(write=False)
+        runs[period] = run
+    return run[phase : phase + n]
+
+
 @lru_cache(maxsize=16)
 def _bandpass(low_hz: float, high_hz: float, taps: int, sample_rate: int) -> np.ndarray:
     """Linear-phase band-pass FIR (Hamming-windowed sinc), unit gain at the band centre."""
@@ -203,6 +218,8 @@ class FskReceiverBank:
         self._h = _bandpass(spec.mark_hz - spec.baud / 2, spec.space_hz + spec.baud / 2, taps, fs)
         self._ref_mark = _reference(spec.mark_hz, fs)
         self._ref_space = _reference(spec.space_hz, fs)
+        self._mark_runs: dict[int, np.ndarray] = {}  # the references repeated, see _reference_run
+        self._space_runs: dict[int, np.ndarray] = {}
         self._bit_len = max(2, round(self._spb))  # integration window: one bit
         # Trial timings of one character: +/-1.5 samples around the edge (7 rows) x 10 bit centres.
         self._grid = np.linspace(-1.5, 1.5, 7)[:, None] * fs / 8000.0 + (np.arange(10) + 0.5) * self._spb
@@ -277,7 +294,13 @@ class FskReceiverBank:
         """The clock moves over ``count`` samples while no line is present."""
         if self.lines.size:
             raise RuntimeError("advance() is for an empty bank: feed the lines their samples")
-        self._init_rows(self.lines, self._next_index + int(count))
+        start = self._next_index + int(count)
+        if self._soft.shape[1] == 0 and self._carr.shape[1] == 0 and self._y_ring.shape[1] == 1024:
+            # Already the fresh state of an empty bank (every row array has no rows): only the clock moves.
+            self._next_index = start
+            self._buf_start = start
+            return
+        self._init_rows(self.lines, start)
 
     def add(self, lines: np.ndarray, preroll: np.ndarray) -> list[tuple[int, Item]]:
         """Start receivers for ``lines`` (not yet in the bank) on their last ``preroll.shape[1]`` samples."""
@@ -368,9 +391,10 @@ class FskReceiverBank:
         joined = np.concatenate((self._x_hist, x), axis=1)
         y = _fir_rows(joined, self._h)
         self._x_hist = joined[:, n:]
-        idx = np.arange(start, end)
-        cm, self._m_hist = _moving_sum_rows(self._m_hist, y * self._ref_mark[idx % self._ref_mark.size])
-        cs, self._s_hist = _moving_sum_rows(self._s_hist, y * self._ref_space[idx % self._ref_space.size])
+        mark = _reference_run(self._ref_mark, start, n, self._mark_runs)
+        space = _reference_run(self._ref_space, start, n, self._space_runs)
+        cm, self._m_hist = _moving_sum_rows(self._m_hist, y * mark)
+        cs, self._s_hist = _moving_sum_rows(self._s_hist, y * space)
         em = cm.real**2 + cm.imag**2
         es = cs.real**2 + cs.imag**2
         soft = (em - es) / (em + es + 1e-20)
@@ -424,9 +448,8 @@ class FskReceiverBank:
         n = pb.shape[1]
         last = np.where(on | off, np.arange(n), -1)
         np.maximum.accumulate(last, axis=1, out=last)
-        state = np.where(
-            last >= 0, np.take_along_axis(on, np.maximum(last, 0), axis=1), self._carrier[:, None]
-        )
+        held = on[np.arange(on.shape[0])[:, None], np.maximum(last, 0)]
+        state = np.where(last >= 0, held, self._carrier[:, None])
         state[silent] = False
         prev = np.concatenate((self._carrier[:, None], state[:, :-1]), axis=1)
         changed_rows, changed_at = np.nonzero(state != prev)
@@ -475,7 +498,7 @@ class FskReceiverBank:
         spb = self._spb
         while todo.size:  # one round = at most one character (or glitch) per line
             # The first edge at or after each line's search position.
-            first = np.clip(np.ceil(self._pos[todo] - base), 0, width).astype(np.int64)
+            first = np.minimum(np.maximum(np.ceil(self._pos[todo] - base), 0), width).astype(np.int64)
             k = np.searchsorted(keys, todo * width + first)
             found = k < keys.size
             found[found] = edge_rows[k[found]] == todo[found]
@@ -513,7 +536,7 @@ class FskReceiverBank:
 
     def _emit(self, rows: np.ndarray, bits: np.ndarray, t_start: np.ndarray, items: list[list[Item]]) -> None:
         spb = self._spb
-        values = (bits[:, 1:9] > 0.0) @ (1 << np.arange(8))
+        values = (bits[:, 1:9] > 0.0) @ _BIT_WEIGHTS
         idle_from = np.maximum(self._last_end[rows], self._carrier_on_at[rows])
         finite = np.isfinite(idle_from)
         idle_bits = np.where(finite, (t_start - np.where(finite, idle_from, 0.0)) / spb, 0.0)
@@ -709,7 +732,13 @@ class FskGate:
             )
             passed = passed.reshape(c, m)
             self.blocks += m
-            self.passed += int(np.count_nonzero(passed))
+            count = int(np.count_nonzero(passed))
+            self.passed += count
+            if count == 0 and self._open_blocks > 0:
+                # No line passed: every run ends, every "since" counts on up to the hold, none starts.
+                self._run = np.zeros(c, dtype=self._run.dtype)
+                self._since = np.minimum(self._since + m, self._hold_blocks)
+                return start, self._since >= self._hold_blocks
             for j in range(m):
                 hit = passed[:, j]
                 self._run = np.where(hit, self._run + 1, 0)

@@ -13,7 +13,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 
 SAMPLE_RATE = 8000
 # G.711: the overload (full-scale) sine is +3.14 dBm0 (A-law; µ-law +3.17, treated alike here).
@@ -130,7 +129,8 @@ class BlockStream:
     """Cuts C parallel streams fed in frames of any length into blocks of ``size`` every ``hop`` samples.
 
     ``push((C, n))`` returns ``(blocks (C, M, size), first_start)`` where ``first_start`` is the sample
-    index (from the first sample pushed) where block 0 starts; M may be 0.
+    index (from the first sample pushed) where block 0 starts; M may be 0. The blocks are a read-only view
+    of the stream's buffer, valid until the next ``push`` (copy them to keep them longer).
     """
 
     def __init__(self, channels: int, size: int, hop: int | None = None) -> None:
@@ -138,39 +138,75 @@ class BlockStream:
         self.hop = size if hop is None else hop
         if not 0 < self.hop <= size:
             raise ValueError(f"hop must be in 1..{size}, got {self.hop}")
-        self._pending = np.zeros((channels, 0), dtype=np.float32)
-        self._pending_start = 0  # sample index of _pending[:, 0]
+        self._channels = channels
+        # Samples held back for the next block are _buf[:, _head:_tail]; new frames are appended after them
+        # (the buffer is compacted or grown only when a frame does not fit), so no frame is copied twice.
+        self._buf = np.zeros((channels, 4 * size + 2048), dtype=np.float32)
+        self._head = 0
+        self._tail = 0
+        self._pending_start = 0  # sample index of _buf[:, _head]
+        self._empty = np.zeros((channels, 0, size), dtype=np.float32)
+        self._empty.setflags(write=False)
 
     @property
     def channels(self) -> int:
-        return self._pending.shape[0]
+        return self._channels
+
+    @property
+    def _pending(self) -> np.ndarray:
+        """The samples held back for the next block (a view)."""
+        return self._buf[:, self._head : self._tail]
 
     @property
     def position(self) -> int:
         """Samples pushed so far (per row; all rows share the clock): the index of the next sample."""
-        return self._pending_start + self._pending.shape[1]
+        return self._pending_start + self._tail - self._head
 
     def reset_rows(self, rows: np.ndarray | Sequence[int]) -> None:
         """Zero the samples of ``rows`` held back for the next block: the blocks that start before now see
         silence there, as for a line that was silent until now. The block phase is the stream's."""
-        self._pending[channel_rows(rows, self.channels)] = 0.0
+        self._buf[channel_rows(rows, self.channels), self._head : self._tail] = 0.0
 
     def push(self, samples: np.ndarray) -> tuple[np.ndarray, int]:
         samples = np.asarray(samples, dtype=np.float32)
-        if samples.ndim != 2 or samples.shape[0] != self.channels:
+        if samples.ndim != 2 or samples.shape[0] != self._channels:
             raise ValueError(f"expected samples of shape ({self.channels}, n), got {samples.shape}")
-        buf = np.concatenate([self._pending, samples], axis=1) if self._pending.shape[1] else samples
+        n = samples.shape[1]
+        head, tail = self._head, self._tail
+        buf = self._buf
+        if tail + n > buf.shape[1]:
+            held = tail - head
+            if held + n > buf.shape[1]:
+                grown = np.zeros((self._channels, 2 * (held + n) + self.size), dtype=np.float32)
+                grown[:, :held] = buf[:, head:tail]
+                self._buf = buf = grown
+            else:
+                buf[:, :held] = buf[:, head:tail]
+            head, tail = 0, held
+        buf[:, tail : tail + n] = samples
+        tail += n
+        self._tail = tail
         start = self._pending_start
-        length = buf.shape[1]
-        if length < self.size:
-            self._pending = buf.copy()
-            return np.zeros((self.channels, 0, self.size), dtype=np.float32), start
-        count = (length - self.size) // self.hop + 1
-        if self.hop == self.size:
-            blocks = buf[:, : count * self.size].reshape(self.channels, count, self.size)
+        length = tail - head
+        size, hop = self.size, self.hop
+        if length < size:
+            self._head = head
+            return self._empty, start
+        count = (length - size) // hop + 1
+        if hop == size:
+            blocks = buf[:, head : head + count * size].reshape(self._channels, count, size)
         else:
-            blocks = sliding_window_view(buf, self.size, axis=1)[:, :: self.hop][:, :count]
-        consumed = count * self.hop
-        self._pending = buf[:, consumed:].copy()
+            # The windows as numpy's sliding_window_view lays them out: row stride ``hop`` samples.
+            item = buf.itemsize
+            blocks = np.ndarray(
+                (self._channels, count, size),
+                dtype=np.float32,
+                buffer=buf,
+                offset=head * item,
+                strides=(buf.strides[0], hop * item, item),
+            )
+        blocks.flags.writeable = False
+        consumed = count * hop
+        self._head = head + consumed
         self._pending_start = start + consumed
         return blocks, start

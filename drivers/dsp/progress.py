@@ -38,6 +38,7 @@ from drivers.dsp.goertzel import (
 )
 
 HOP = 160  # 20 ms at 8 kHz
+_NEAR = np.arange(-2, 3)  # spectrum bins within 2 of a cluster peak
 
 
 @dataclass(frozen=True)
@@ -207,16 +208,27 @@ class ProgressBank:
         self._voice_sent = np.zeros(c, dtype=bool)
         self._quiet_run = np.zeros(c)
         self._segments = [_Segments() for _ in range(c)]
+        self._rows = np.arange(c)
+        self._zero_rows = np.zeros(c, dtype=np.intp)
+        self._grids: dict[tuple[int, ...], tuple[np.ndarray, ...]] = {}
+        # True when no channel has a tone sounding or starting and no confirmation is pending: a hop
+        # whose windows are "on" for no tone then changes nothing but the debounce counters.
+        self._tone_idle = True
+        self._need_f64 = np.float64(self.params.tone_fraction)
+        self._min_power_f64 = np.float64(max(self._min_power, 0.0))
 
     def analyse(self, windows: np.ndarray) -> dict[str, np.ndarray]:
         """Per-window features: tone power and energy share per frequency set, DTMF share, level."""
         coeffs = windows @ self._basis
         weighted = windows * self._window
         energy = np.maximum(np.einsum("...i,...i->...", weighted, weighted), 1e-20)
-        shares = []
-        for sl, ginv in zip(self._slices, self._ginv, strict=True):
-            shares.append(projected_energy(coeffs[..., sl], ginv))
-        e = np.stack(shares, axis=-1)  # (..., sets)
+        if len(self._slices) == 1:
+            e = projected_energy(coeffs[..., self._slices[0]], self._ginv[0])[..., None]
+        else:
+            shares = []
+            for sl, ginv in zip(self._slices, self._ginv, strict=True):
+                shares.append(projected_energy(coeffs[..., sl], ginv))
+            e = np.stack(shares, axis=-1)  # (..., sets)
         # Tonality for the voice detector: share of the energy in the two strongest 3-bin clusters
         # of the windowed spectrum. Tones and DTMF put nearly all of it there, speech spreads it over
         # its harmonics and formants.
@@ -224,9 +236,19 @@ class ProgressBank:
         pw = spec.real**2 + spec.imag**2
         cluster = pw[..., :-2] + pw[..., 1:-1] + pw[..., 2:]
         top = np.argmax(cluster, axis=-1)
-        first = np.take_along_axis(cluster, top[..., None], -1)[..., 0]
-        idx = np.arange(cluster.shape[-1])
-        masked = np.where(np.abs(idx - top[..., None]) <= 2, 0.0, cluster)
+        first = cluster.max(axis=-1)  # the value at ``top``
+        # The second cluster: the strongest at least 3 bins from the first (those within 2 are zeroed;
+        # clipping at the ends only repeats bins that are within 2).
+        masked = cluster.copy()
+        lead = cluster.shape[:-1]
+        grid = self._grids.get(lead)
+        if grid is None:
+            grid = self._grids[lead] = tuple(
+                np.arange(size).reshape([size if a == axis else 1 for a in range(len(lead))] + [1])
+                for axis, size in enumerate(lead)
+            )
+        near = np.minimum(np.maximum(top[..., None] + _NEAR, 0), cluster.shape[-1] - 1)
+        masked[(*grid, near)] = 0.0
         second = masked.max(axis=-1)
         total = np.maximum(pw.sum(axis=-1), 1e-20)
         return {
@@ -243,13 +265,10 @@ class ProgressBank:
         f = self.analyse(windows)
         out: list[tuple[int, Tone]] = []
         centre = first + self.plan.window / 2
+        tone_frac, tone_power, tonality, power = f["tone_frac"], f["tone_power"], f["tonality"], f["power"]
         for k in range(windows.shape[1]):
             now = centre + k * HOP
-            out.extend(
-                self._step(
-                    now, f["tone_frac"][:, k], f["tone_power"][:, k], f["tonality"][:, k], f["power"][:, k]
-                )
-            )
+            out.extend(self._step(now, tone_frac[:, k], tone_power[:, k], tonality[:, k], power[:, k]))
         return out
 
     # -- re-use of a channel for another line -------------------------------------------------------
@@ -307,9 +326,75 @@ class ProgressBank:
     def _step(self, now, tone_frac, tone_power, tonality, power) -> list[tuple[int, Tone]]:
         p = self.params
         events: list[tuple[int, Tone]] = []
-        best = np.argmax(tone_frac, axis=-1)
-        best_frac = np.take_along_axis(tone_frac, best[:, None], -1)[:, 0]
-        best_power = np.take_along_axis(tone_power, best[:, None], -1)[:, 0]
+        if tone_frac.shape[-1] == 1:
+            best = self._zero_rows  # the only set
+            best_frac = tone_frac[:, 0]
+            best_power = tone_power[:, 0]
+        else:
+            best = np.argmax(tone_frac, axis=-1)
+            best_frac = tone_frac[self._rows, best]
+            best_power = tone_power[self._rows, best]
+        on = None
+        if self._tone_idle:
+            # Nothing sounding, starting or pending: no channel is "going" (floor 0, full test).
+            on = (best_frac >= self._need_f64) & (best_power >= self._min_power_f64)
+            if not on.any():
+                # No channel "on" either: the debounce counts another off frame; nothing else changes.
+                self._cand_count = self._cand_count + 1
+        if on is None or on.any():
+            on = self._tone_step(now, best, best_frac, best_power, events)
+
+        # Silence and voice activity.
+        level = power_to_dbm0(power)
+        silent = level < p.silence_dbm0
+        self._silence_run = np.where(silent, self._silence_run + HOP, 0.0)
+        self._silence_level = np.where(silent, np.maximum(self._silence_level, level), -200.0)
+        self._silence_sent &= silent
+        fire = silent & ~self._silence_sent & (self._silence_run >= p.silence_s * SAMPLE_RATE)
+        for ch in np.nonzero(fire)[0]:
+            margin = float(p.silence_dbm0 - self._silence_level[ch])
+            events.append(
+                (
+                    int(ch),
+                    Tone(
+                        t=round(now / SAMPLE_RATE, 3),
+                        name="silence",
+                        confidence=round(min(1.0, 0.5 + margin / 20.0), 2),
+                    ),
+                )
+            )
+        self._silence_sent |= fire
+        # Noise floor: follows the level down at once, up by 0.5 dB/s; voice must stand 10 dB above it.
+        self._floor = np.where(level < self._floor, level, self._floor + 0.5 * HOP / SAMPLE_RATE)
+        loud = level >= np.maximum(p.voice_dbm0, self._floor + p.voice_above_floor_db)
+        voiced = loud & (best_frac < 0.5) & (tonality < 0.8) & ~on
+        need = p.voice_s * SAMPLE_RATE / HOP
+        if not voiced.any():
+            self._voice_score = np.maximum(self._voice_score - 0.5, 0.0)
+            self._quiet_run = self._quiet_run + HOP
+            rearm = self._quiet_run >= p.voice_rearm_s * SAMPLE_RATE
+            self._voice_sent &= ~rearm
+            self._voice_score[rearm] = 0.0
+            return events
+        self._voice_score = np.where(
+            voiced, np.minimum(self._voice_score + 1.0, 2 * need), np.maximum(self._voice_score - 0.5, 0.0)
+        )
+        self._quiet_run = np.where(voiced, 0.0, self._quiet_run + HOP)
+        rearm = self._quiet_run >= p.voice_rearm_s * SAMPLE_RATE
+        self._voice_sent &= ~rearm
+        self._voice_score[rearm] = 0.0
+        fire = voiced & ~self._voice_sent & (self._voice_score >= need)
+        for ch in np.nonzero(fire)[0]:
+            conf = min(1.0, 0.5 + 0.5 * float(self._voice_score[ch]) / (2 * need))
+            events.append(
+                (int(ch), Tone(t=round(now / SAMPLE_RATE, 3), name="voice", confidence=round(conf, 2)))
+            )
+        self._voice_sent |= fire
+        return events
+
+    def _tone_step(self, now, best, best_frac, best_power, events: list) -> np.ndarray:
+        """Tone on/off decision, debounce, state changes and due confirmations of one hop; returns "on"."""
+        p = self.params
         # Hysteresis: a sounding tone carries on through the troughs of Japan's 16 Hz modulated ringback
         # (lower share and level); a new one must pass the full test. A window that only grazes the tone
         # (power < 30 % of its peak) is off.
@@ -342,47 +427,10 @@ class ProgressBank:
         fire = self._due <= now
         for ch in np.nonzero(fire)[0]:
             events.extend(self._confirm(int(ch), now))
-
-        # Silence and voice activity.
-        level = power_to_dbm0(power)
-        silent = level < p.silence_dbm0
-        self._silence_run = np.where(silent, self._silence_run + HOP, 0.0)
-        self._silence_level = np.where(silent, np.maximum(self._silence_level, level), -200.0)
-        self._silence_sent &= silent
-        fire = silent & ~self._silence_sent & (self._silence_run >= p.silence_s * SAMPLE_RATE)
-        for ch in np.nonzero(fire)[0]:
-            margin = float(p.silence_dbm0 - self._silence_level[ch])
-            events.append(
-                (
-                    int(ch),
-                    Tone(
-                        t=round(now / SAMPLE_RATE, 3),
-                        name="silence",
-                        confidence=round(min(1.0, 0.5 + margin / 20.0), 2),
-                    ),
-                )
-            )
-        self._silence_sent |= fire
-        # Noise floor: follows the level down at once, up by 0.5 dB/s; voice must stand 10 dB above it.
-        self._floor = np.where(level < self._floor, level, self._floor + 0.5 * HOP / SAMPLE_RATE)
-        loud = level >= np.maximum(p.voice_dbm0, self._floor + p.voice_above_floor_db)
-        voiced = loud & (best_frac < 0.5) & (tonality < 0.8) & ~on
-        need = p.voice_s * SAMPLE_RATE / HOP
-        self._voice_score = np.where(
-            voiced, np.minimum(self._voice_score + 1.0, 2 * need), np.maximum(self._voice_score - 0.5, 0.0)
+        self._tone_idle = bool(
+            self._state.max() < 0 and self._cand_state.max() < 0 and self._due.min() == np.inf
         )
-        self._quiet_run = np.where(voiced, 0.0, self._quiet_run + HOP)
-        rearm = self._quiet_run >= p.voice_rearm_s * SAMPLE_RATE
-        self._voice_sent &= ~rearm
-        self._voice_score[rearm] = 0.0
-        fire = voiced & ~self._voice_sent & (self._voice_score >= need)
-        for ch in np.nonzero(fire)[0]:
-            conf = min(1.0, 0.5 + 0.5 * float(self._voice_score[ch]) / (2 * need))
-            events.append(
-                (int(ch), Tone(t=round(now / SAMPLE_RATE, 3), name="voice", confidence=round(conf, 2)))
-            )
-        self._voice_sent |= fire
-        return events
+        return on
 
     # -- per channel, only on a state change or a due confirmation -------------------------------------
     def _transition(self, ch: int, now: float, new: int) -> list[tuple[int, Tone]]:
