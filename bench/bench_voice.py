@@ -11,12 +11,16 @@ Japan: NTT Number Display).  The real drivers, DSP, line machines, store, event 
 screenpop  last caller-ID bit on the line -> ``call.incoming`` at WebSocket clients; target p99 <= 50 ms
            with 32 lines ringing at once and 100 clients.  Each round starts an incoming call on every line
            at the same moment (CAR, silent off-hook, V.23 burst, release, one ring, missed).  The instant of
-           the last bit: the PstnLine records ``cid`` when its burst has been sent, stamped with the start
-           of the next frame; the frame before it holds the burst's last sample (the bench records the last
-           sample above -40 dBFS of each frame the exchange sends); line time is converted to wall time by
-           the box's frame clock as a real box would deliver it, i.e. a frame leaves the box when its last
-           sample is captured (``bench/voice_harness.py``).  So the figure includes up to 20 ms of frame
-           buffering a real box has, and the host's lag in reading frames.  The clients (raw RFC 6455, as in
+           the last bit: the exact line time of the message's last data bit (its last byte's first stop
+           bit), which the PstnLine notes when it queues the burst (``cid_data_ends``, checked against an
+           independent receiver in tests/unit/test_pstn_line.py).  Each call's burst is delayed by a
+           random 0-20 ms (``Caller.cid_delay_ms``, seeded) so that the last bit falls anywhere in a box
+           frame, as with a real exchange.  Line time is converted to wall time by the box's frame clock as
+           a real box would deliver it, i.e. a frame leaves the box when its last sample is captured
+           (``bench/voice_harness.py``).  So the figure includes the 0-20 ms of frame buffering a real box
+           has, and the host's lag in reading frames.  (Until 2026-11-27 the instant was the end of the
+           sound the exchange sent, which ends where the gateway's release cut it off, at a frame boundary
+           after the message: that left out the box's buffering.)  The clients (raw RFC 6455, as in
            bench_sms) run in a child process and stamp arrival with the shared wall clock; the bench also
            stamps the in-process bus publication, to split line -> bus from bus -> clients.
 cpu        process CPU time (all threads) per line-second, first with N lines idle (on hook: the box still
@@ -31,6 +35,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import random
 import subprocess
 import sys
 import tempfile
@@ -88,9 +94,11 @@ def bench_screenpop(args) -> dict:
                     buf += await proc.stdout.receive_some(4096)
             ended = gw.bus.subscribe(types={"call.ended"})
             cpu0, wall0 = time.process_time(), time.time()
+            rng = random.Random(5)
             for r in range(args.rounds):
                 for i, name in enumerate(names):
-                    pstn[name].incoming_call(Caller(f"03{r:02d}{i:06d}"), max_rings=1)
+                    caller = Caller(f"03{r:02d}{i:06d}", cid_delay_ms=rng.uniform(0.0, 20.0))
+                    pstn[name].incoming_call(caller, max_rings=1)
                 seen = 0
                 with trio.fail_after(40):
                     async for _ in ended:
@@ -112,15 +120,18 @@ def bench_screenpop(args) -> dict:
             for call_id in sorted(published, key=published.get):
                 order[call_line[call_id]].append(call_id)
             missing = 0
+            buffering: list[float] = []
             for name in names:
-                bursts = [rec.t for rec in pstn[name].kinds("cid") if rec.detail == "v23_ntt"]
-                for call_id, t_rec in zip(order[name], bursts, strict=False):
-                    t_end = clocks[name].sound_end_before(t_rec)
-                    wall = clocks[name].wall(t_end) if t_end is not None else None
+                bursts = [rec.t for rec in pstn[name].cid_data_ends if rec.detail == "v23_ntt"]
+                for call_id, t_end in zip(order[name], bursts, strict=False):
+                    wall = clocks[name].wall(t_end)
                     if wall is None:
                         missing += 1
                     else:
                         last_bit[call_id] = wall
+                        # Line time from the last bit to the end of its box frame (the box sends it then).
+                        frame_end = (math.floor(t_end / FRAME_S + 1e-9) + 1) * FRAME_S
+                        buffering.append((frame_end - t_end) * 1000)
             to_client = [(t - last_bit[c]) * 1000 for c, t, _ in arrivals if c in last_bit]
             read = [(t - last_bit[c]) * 1000 for c, _, t in arrivals if c in last_bit]
             to_bus = [(published[c] - last_bit[c]) * 1000 for c in last_bit]
@@ -128,6 +139,7 @@ def bench_screenpop(args) -> dict:
             out.update(calls=len(published), calls_expected=total, arrivals=len(arrivals),
                        arrivals_expected=total * args.clients, unmatched_bursts=missing,
                        **summary(to_client, "line_to_client"), **summary(to_bus, "line_to_bus"),
+                       **summary(buffering, "box_buffering"),
                        **summary(read, "line_to_read_by_client"),
                        frame_lag_p99_ms=pct(lag, 99), frame_lag_max_ms=round(max(lag), 1),
                        cpu_percent=round(100 * cpu_s / wall_s, 1))

@@ -134,6 +134,10 @@ class Caller:
     presentation: Literal["allowed", "private", "unavailable"] = "allowed"
     cid: CidStandard | None = None  # None: the country's scheme
     datetime: str = "11271405"  # MMDDHHMM
+    # Extra silence before an FSK caller-ID burst. The simulated exchange works in whole 20 ms frames,
+    # so without it every burst starts on a frame boundary; a real exchange's timing has nothing to do
+    # with the box's frames (benchmarks spread this over a frame to measure the box's buffering).
+    cid_delay_ms: float = 0.0
 
 
 # ------------------------------------------------------------------------------------- state
@@ -230,6 +234,9 @@ class PstnLine:
         self._pending: list[Program] = []
         self._outgoing = _Outgoing()
         self.records: list[LineRecord] = []
+        self.cid_data_ends: list[LineRecord] = []  # FSK caller ID: line time of each message's last bit
+        self._cid_data_end_s: float | None = None  # set while a caller-ID signal is built (see _play_cid)
+        self._cid_burst_s = 0.0
 
     # ---------------------------------------------------------------------------- subscriber side
     @property
@@ -444,12 +451,28 @@ class PstnLine:
         if standard == "dtmf":
             return cid.dtmf_waveform(cid.dtmf_callerid_digits(number, reason=reason), on_ms=70, off_ms=70)
         if standard == "v23_ntt":
-            msg = cid.ntt_callerid(number, reason_absent=reason)
-            return cid.callerid_burst(msg, standard="ntt")
-        msg = cid.mdmf_callerid(
-            datetime_mmddhhmm=caller.datetime, number=number, name=caller.name, reason_absent=reason
-        )
-        return cid.callerid_burst(msg, standard="bell202" if standard == "bell202" else "etsi")
+            msg, fsk = cid.ntt_callerid(number, reason_absent=reason), "ntt"
+        else:
+            msg = cid.mdmf_callerid(
+                datetime_mmddhhmm=caller.datetime, number=number, name=caller.name, reason_absent=reason
+            )
+            fsk = "bell202" if standard == "bell202" else "etsi"
+        lead_ms = 100.0 + caller.cid_delay_ms
+        # Line time of the message's last bit (its last byte's first stop bit), from the burst's start
+        # (the frame that starts playing it): the ``cid_data_end`` record.
+        self._cid_data_end_s = cid.burst_message_end(msg, standard=fsk, lead_silence_ms=lead_ms)
+        return cid.callerid_burst(msg, standard=fsk, lead_silence_ms=lead_ms)
+
+    def _play_cid(self, caller: Caller, standard: str, until: Callable[[], bool] | None = None):
+        """Play a caller-ID signal; for FSK, note in ``cid_data_ends`` when its last data bit is on the line
+        (exact line time, for latency measurements; noted when queued, whether or not it is all sent)."""
+        self._cid_data_end_s = None
+        signal = self._cid_signal(caller, standard)
+        self._cid_burst_s = signal.size / RATE
+        if self._cid_data_end_s is not None:  # queued now: mixed from this frame's first sample
+            end = round(self.t + self._cid_data_end_s, 6)
+            self.cid_data_ends.append(LineRecord(end, "cid_data_end", standard))
+        return (yield from self._play(signal, until))
 
     def _ntt_number_display(self, caller: Caller) -> Generator[_Wait, bool, str]:
         """NTT: CAR (0.5/0.5 s ringing) until the terminal closes the loop (primary response, ≤ 6 s),
@@ -468,7 +491,7 @@ class PstnLine:
             self._record("cid", "no primary response: ringing without caller ID")
             return "no_response"
         yield from self._sleep(0.2)  # the terminal ignores the first 100 ms after closing the loop
-        yield from self._play(self._cid_signal(caller, "v23_ntt"), self._is_on_hook)
+        yield from self._play_cid(caller, "v23_ntt", self._is_on_hook)
         self._record("cid", "v23_ntt")
         released = yield from self._sleep(5.0, self._is_on_hook)
         if not released:
@@ -488,7 +511,7 @@ class PstnLine:
             # EN 300 659-1: line reversal wakes the receiver, data follows before the first ring.
             self._polarity = -1
             yield from self._sleep(0.3)
-            yield from self._play(self._cid_signal(caller, standard))
+            yield from self._play_cid(caller, standard)
             self._record("cid", standard)
             yield from self._sleep(0.5)
         on, off = self.plan.ring
@@ -504,10 +527,9 @@ class PstnLine:
                 # GR-30-CORE: data ≥ 500 ms after the first ring, ending ≥ 200 ms before the second.
                 answered = yield from self._sleep(0.5, self._is_off_hook)
                 if not answered:
-                    burst = self._cid_signal(caller, standard)
-                    answered = yield from self._play(burst, self._is_off_hook)
+                    answered = yield from self._play_cid(caller, standard, self._is_off_hook)
                     self._record("cid", standard)
-                    pause = max(0.0, off - 0.5 - burst.size / RATE)
+                    pause = max(0.0, off - 0.5 - self._cid_burst_s)
             if not answered:
                 answered = yield from self._sleep(pause, self._is_off_hook)
             if answered:

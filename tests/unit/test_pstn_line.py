@@ -123,6 +123,26 @@ def test_etsi_and_dtmf_caller_id_follow_a_polarity_reversal_before_the_first_rin
     assert [e.number for e in events] == ["0123456789"]
 
 
+@pytest.mark.parametrize("delay_ms", [0.0, 7.3, 13.0])
+@pytest.mark.parametrize(
+    ("country", "standard", "mode"), [("us", "bell202", "bell202"), ("etsi", "v23_etsi", "v23")]
+)
+def test_cid_data_end_is_where_a_receiver_finds_the_message_end(country, standard, mode, delay_ms):
+    """``cid_data_ends`` (used by the screen-pop benchmark as the last caller-ID bit) agrees with an
+    independent receiver's message end, and ``cid_delay_ms`` moves the burst off the 20 ms frame grid."""
+    line = PstnLine(country)
+    line.incoming_call(Caller("0123456789", cid=standard, cid_delay_ms=delay_ms), max_rings=2)
+    audio, _ = run(line, 7.0)
+    (cid,) = CallerIdDetector(mode).feed(audio)
+    (end,) = line.cid_data_ends
+    assert abs(end.t - cid.t) <= 0.001, (end.t, cid.t)
+    undelayed = PstnLine(country)
+    undelayed.incoming_call(Caller("0123456789", cid=standard), max_rings=2)
+    run(undelayed, 7.0)
+    shift = end.t - undelayed.cid_data_ends[0].t
+    assert shift == pytest.approx(delay_ms / 1000, abs=0.5 / 8000)  # whole samples of silence
+
+
 def test_private_caller_sends_reason_not_number():
     line = PstnLine("cn")
     line.incoming_call(Caller("13800138000", presentation="private"), max_rings=2)
