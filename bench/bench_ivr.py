@@ -14,17 +14,21 @@ each press comes after the greeting has been sent and the next prompt is the 1 k
 
 Measured at the box simulator (``bench/voice_harness.py``): the end of the DTMF tone is the last sample
 above -40 dBFS of the tone the exchange sent, in line time, converted to wall time by the box's frame
-clock as a real box would deliver that frame (so the figure includes up to 20 ms of the box's frame
-buffering and any host lag in reading frames); the prompt's first sample is the arrival time of the first
-OUT audio packet after the key whose samples are sound and whose frequency is the info prompt's (1 kHz, by
-zero crossings).  Detection of a digit needs the tone to end (the DTMF detector waits for two non-digit
-blocks: docs/performance.md, ~25 ms), so this latency can never be below that.
+clock as a real box would deliver that frame (so the figure includes the 0-20 ms of the box's frame
+buffering and any host lag in reading frames). The callers' pauses are off the 20 ms frame grid by a
+random 0-20 ms, the same for every line, so that keys end anywhere in a frame and the 32 callers still
+press together (until 2026-11-27 every key ended on a frame boundary, which left the buffering out).
+The prompt's first sample is the arrival time of the first OUT audio packet after the key whose samples
+are sound and whose frequency is the info prompt's (1 kHz, by zero crossings).  Detection of a digit
+needs the tone to end (the DTMF detector waits for two non-digit blocks: docs/performance.md, ~25 ms),
+so this latency can never be below that.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import random
 import sys
 import tempfile
 import time
@@ -34,7 +38,16 @@ import numpy as np
 
 from bench.bench_sms import machine
 from bench.bench_voice import _menu_tree
-from bench.voice_harness import SILENCE, attach_clocks, line_names, pct, summary, voice_config, wait_lines
+from bench.voice_harness import (
+    FRAME_S,
+    SILENCE,
+    attach_clocks,
+    line_names,
+    pct,
+    summary,
+    voice_config,
+    wait_lines,
+)
 
 KEY_PERIOD_S = 1.6  # pause after each key (tone 80 ms + gap 80 ms before it)
 INFO_HZ, MENU_HZ = 1000.0, 440.0
@@ -66,9 +79,13 @@ def bench_ivr(args) -> dict:
             gw = await n.start(run_gateway, config)
             await wait_lines(gw)
             clocks = attach_clocks(gw, activity=True)
-            script = [Pause(2.0)]
+            # Each pause is off the 20 ms frame grid by a random 0-20 ms, so the keys end anywhere in a box
+            # frame (the exchange simulator works in whole frames; a caller does not). One script for every
+            # line: the 32 callers still press at the same moments.
+            rng = random.Random(6)
+            script = [Pause(2.0 + rng.uniform(0.0, FRAME_S))]
             for _ in range(args.presses):
-                script += [Keys("1", on_ms=80, off_ms=80), Pause(KEY_PERIOD_S)]
+                script += [Keys("1", on_ms=80, off_ms=80), Pause(KEY_PERIOD_S + rng.uniform(0.0, FRAME_S))]
             script.append(HangUp())
             ended = gw.bus.subscribe(types={"call.ended"})
             cpu0, wall0 = time.process_time(), time.time()
