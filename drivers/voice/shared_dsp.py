@@ -24,10 +24,11 @@ frames discarded (*skip*) when it is seated.
 
 Cohorts can also be *phase groups* (``width_s``: members' frames arrive within that of each other, so the
 lockstep wait is at most ``width_s``).  Measured on the 2-core bench host (issue 5, docs/performance.md):
-groups of 5 ms cut the lockstep wait of a 32-line caller-ID burst from 13 ms to 5.5 ms (median) but cost
-more than they saved, because a bank's fixed cost per tick (0.3 ms, 0.75 ms while FSK receivers run)
-is paid per group (screen pop p99 38-58 ms with four groups, 42 ms with one; CPU 62 % against 52 %).
-So the default is one group per frame period (``width_s = frame_s``): one bank, with the pairing above.
+groups of 5 ms cut the lockstep wait of a 32-line caller-ID burst from 13 ms to 5.5 ms (median), but the
+burst's events then reach the store in one commit per group, each queued behind the previous one, and a
+bank's fixed cost per tick is paid per group: the screen pop got slower (p99 59-143 ms with two or four
+groups against 50-69 ms with one) and CPU rose by 5-10 points.  So the default is one group per frame
+period (``width_s = frame_s``): one bank, with the pairing above.
 
 A cohort is formed from the lines without a channel: from the first frame of such a line, for at most
 ``form_s`` (or until every registered line without a channel is streaming and has been seen for
