@@ -74,12 +74,7 @@ async def test_shared_bank_gives_each_line_its_own_analyzers_events(autojump_clo
     assert dsp.evictions == 0 and dsp.joins == 0
     assert dsp.cohorts_formed == 3
     for i in range(lines):
-        start, lead_in, offset, clock = seats[i][-1]
-        assert clock == 0 and offset == start - lead_in
-        reference = _events_per_frame(audio[i], start, lead_in, offset)
-        assert any(isinstance(e, CallerId) for f in reference for e in f)
-        assert any(isinstance(e, DtmfDigit) for f in reference for e in f)
-        assert got[i] == reference, f"line {i}"
+        _assert_fresh_bank_events(got[i], audio[i], seats[i][-1], f"line {i}")
 
 
 async def test_stalled_line_is_evicted_and_restarts_on_line_time(autojump_clock):
@@ -231,6 +226,17 @@ def _events_per_frame(x: np.ndarray, start: int, lead_in: int, shift_samples: in
     return out
 
 
+def _assert_fresh_bank_events(got: list, x: np.ndarray, seat: tuple, label: str) -> None:
+    """A line seated in a bank formed for it (clock 0) gets exactly a fresh analyser's events for what its
+    channel heard (lead-in silence, then its audio from its first seated sample), on its own time."""
+    start, lead_in, offset, clock = seat
+    assert clock == 0 and offset == start - lead_in
+    reference = _events_per_frame(x, start, lead_in, offset)
+    assert any(isinstance(e, CallerId) for f in reference for e in f)
+    assert any(isinstance(e, DtmfDigit) for f in reference for e in f)
+    assert got == reference, label
+
+
 async def _paced(line: SharedLine, x: np.ndarray, start: float, period: float, out: list, waits: list,
                  seats: list, late: list | None = None) -> None:
     """A box with its own frame clock: frame k is captured at ``start + k * period`` and read then, or
@@ -266,12 +272,7 @@ async def test_lines_are_grouped_by_phase_and_wait_at_most_the_group_width(autoj
     assert dsp.evictions == 0 and dsp.moves == 0
     for i in range(n):
         assert max(waits[i][3:]) <= 0.005 + 1e-9, (i, max(waits[i]))
-        start, lead_in, offset, clock = seats[i][-1]
-        assert offset == start - lead_in
-        reference = _events_per_frame(audio[i], start, lead_in, offset)
-        assert any(isinstance(e, CallerId) for f in reference for e in f)
-        assert any(isinstance(e, DtmfDigit) for f in reference for e in f)
-        assert got[i] == reference, f"line {i}"
+        _assert_fresh_bank_events(got[i], audio[i], seats[i][-1], f"line {i}")
 
 
 async def test_one_group_when_the_width_is_a_whole_frame(autojump_clock):
