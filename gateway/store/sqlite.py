@@ -52,6 +52,10 @@ T = TypeVar("T")
 Runner = Callable[..., Awaitable[Any]]
 
 
+# The gathering leader's one yield (a module name, so a test can act exactly while a leader gathers).
+_gather_pause = trio.lowlevel.checkpoint
+
+
 async def run_inline(fn: Callable[..., T], *args: Any) -> T:
     """A runner that calls sqlite3 on the trio thread: for MockClock tests only (it blocks the event loop)."""
     return fn(*args)
@@ -801,7 +805,7 @@ class SqliteStore(Store):
         # at once) join this batch instead of waiting for it to commit; they wait for its end (_gathering).
         self._gathering = True
         try:
-            await trio.lowlevel.checkpoint()
+            await _gather_pause()
         except BaseException:  # the leader is cancelled before taking anything: the gathered units re-lead
             self._gathering = self._committing = False
             self._batch_done.set()

@@ -8,6 +8,7 @@ import trio.testing
 
 from gateway.events import format_time
 from gateway.sms.models import Message, MessagePart
+from gateway.store import sqlite as sqlite_module
 from gateway.store.base import StoreError
 from gateway.store.migrations import load_migrations
 from gateway.store.sqlite import SqliteStore
@@ -111,30 +112,36 @@ async def test_writers_of_one_scheduler_pass_share_the_first_commit(tmp_path):
     await store.close()
 
 
-async def test_a_leader_cancelled_while_gathering_leaves_the_others_committing(tmp_path):
+async def test_a_leader_cancelled_while_gathering_leaves_the_others_committing(tmp_path, monkeypatch):
     store = await SqliteStore.open(tmp_path / "gw.sqlite3")
     committed = []
+    scope = trio.CancelScope()
 
-    async def leader(scope: trio.CancelScope):
-        with scope:
-            await store.write(lambda tx: tx.insert_message(_message("msg_leader")))
-            committed.append("msg_leader")
-
-    async def writer(i):
-        await store.write(lambda tx: tx.insert_message(_message(f"msg_{i}")))
-        committed.append(f"msg_{i}")
+    async def writer(name):
+        await store.write(lambda tx: tx.insert_message(_message(name)))
+        committed.append(name)
 
     async with trio.open_nursery() as nursery:
-        scope = trio.CancelScope()
-        nursery.start_soon(leader, scope)
-        while not store._gathering:
-            await trio.lowlevel.checkpoint()
-        for i in range(3):
-            nursery.start_soon(writer, i)
-        scope.cancel()  # before the leader resumes from its gathering checkpoint
+        pause = sqlite_module._gather_pause
+
+        async def gathering():  # the leader is gathering: others arrive, then the leader is cancelled
+            monkeypatch.setattr(sqlite_module, "_gather_pause", pause)
+            for i in range(3):
+                nursery.start_soon(writer, f"msg_{i}")
+            await trio.testing.wait_all_tasks_blocked()  # they wait for the batch being gathered
+            assert not committed and store._gathering
+            scope.cancel()
+            await pause()
+
+        monkeypatch.setattr(sqlite_module, "_gather_pause", gathering)
+
+        async def leader():
+            with scope:
+                await writer("msg_leader")
+
+        nursery.start_soon(leader)
     assert sorted(committed) == ["msg_0", "msg_1", "msg_2"]
     assert await store.read(lambda tx: tx.get_message("msg_leader")) is None
-    assert (await store.read(lambda tx: tx.get_message("msg_2"))) is not None
     await store.write(lambda tx: tx.insert_message(_message("msg_after")))  # the store is not stuck
     assert not store._committing and not store._gathering
     await store.close()
