@@ -71,7 +71,7 @@ def bench_screenpop(args) -> dict:
         async with trio.open_nursery() as n:
             gw = await n.start(run_gateway, config)
             await wait_lines(gw)
-            clocks = attach_clocks(gw, activity=True)
+            clocks = attach_clocks(gw)
             pstn = gw.devices.lines
             published: dict[str, float] = {}
             call_line: dict[str, str] = {}
