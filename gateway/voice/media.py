@@ -50,18 +50,36 @@ def _decode_prompt(path: Path) -> np.ndarray:
 
 
 class PromptCache:
-    def __init__(self, max_entries: int = 128) -> None:
+    """Prompts decoded and converted to the line format once, keyed by file, mtime and size.
+
+    A file is looked at again (``stat`` in a worker thread) at most every ``revalidate_s``: a prompt
+    replaced on disk is played within that time, and a key press does not wait for a thread round trip
+    before its next prompt (with 32 calls pressing at once those queued behind each other: issue 6's
+    key -> prompt latency)."""
+
+    def __init__(self, max_entries: int = 128, *, revalidate_s: float = 1.0) -> None:
         self.max_entries = max_entries
+        self.revalidate_s = revalidate_s
         self._entries: OrderedDict[tuple[str, int, int], np.ndarray] = OrderedDict()
+        self._checked: dict[str, tuple[float, tuple[str, int, int]]] = {}  # path -> (trio time, key)
         self.loads = 0  # decodes done (cache misses), for tests and metrics
 
     async def load(self, path: Path | str) -> np.ndarray:
         path = Path(path)
+        checked = self._checked.get(str(path))
+        if checked is not None and trio.current_time() - checked[0] < self.revalidate_s:
+            hit = self._entries.get(checked[1])
+            if hit is not None:
+                self._entries.move_to_end(checked[1])
+                await trio.lowlevel.checkpoint()
+                return hit
         try:
             st = await trio.to_thread.run_sync(path.stat)
         except FileNotFoundError:
+            self._checked.pop(str(path), None)
             raise PromptError(f"prompt {path} does not exist") from None
         key = (str(path.resolve()), st.st_mtime_ns, st.st_size)
+        self._checked[str(path)] = (trio.current_time(), key)
         hit = self._entries.get(key)
         if hit is not None:
             self._entries.move_to_end(key)
@@ -74,6 +92,8 @@ class PromptCache:
         self._entries[key] = samples
         while len(self._entries) > self.max_entries:
             self._entries.popitem(last=False)
+        if len(self._checked) > 4 * self.max_entries:  # paths seen once long ago
+            self._checked.clear()
         return samples
 
 
