@@ -6,7 +6,8 @@ Layers
   Its time is the box's sample clock (audio received, plus audio lost in sequence gaps), so caller-ID
   handshakes and cadences are judged on line time, not on when the host got round to reading.
 * :class:`UsbVoiceBox` (trio): finds the box with pyusb (``backend=`` for tests), runs every pyusb call
-  in ``trio.to_thread.run_sync`` under one ``trio.Lock`` per device, a reader task per input stream,
+  in ``trio.to_thread.run_sync`` (writes one at a time under a ``trio.Lock``, reads beside them), a reader
+  task per input stream,
   and hot-plug: a failed transfer ends the session with :class:`DeviceLost`, the box is looked for again
   by vendor/product id (and serial) at once when the kernel reports a USB device arriving (a
   ``drivers.hotplug.DeviceWatch``: pyusb itself has no hot-plug callbacks), else on a bounded backoff, and
@@ -392,7 +393,12 @@ class UsbVoiceBox:
         self._monitor_options = dict(tones=tones, cid=cid, ntt_handshake=ntt_handshake, analyse=dsp is None)
         self.monitor = LineMonitor(**self._monitor_options)
         self.reconnect_backoff = reconnect_backoff
-        self._lock = trio.Lock()  # one pyusb call at a time on this device
+        # Writes go one at a time (commands and audio in order); a read runs beside them (another endpoint:
+        # libusb takes transfers from several threads), so a hook command or a prompt chunk never waits for
+        # the 20 ms read in flight. The box's threads are its own (the readers hold theirs most of the
+        # time), not tokens of trio's default limiter shared with the rest of the process.
+        self._lock = trio.Lock()
+        self._limiter = trio.CapacityLimiter(4)
         self._send_event, self.events = trio.open_memory_channel(event_queue)
         self._send_audio, self.audio = trio.open_memory_channel(audio_queue) if audio_queue else (None, None)
         self.audio_dropped = 0
@@ -488,13 +494,12 @@ class UsbVoiceBox:
 
     async def _reader(self, session, stream: str, lost: list[str], scope: trio.CancelScope) -> None:
         # With a shared DSP the frame's events come back once its cohort's batch ran (see shared_dsp.py);
-        # the next read waits for them, so a hook command of the handshake goes out before the next read
-        # takes the device lock.
+        # the next read waits for them (and for the hook command of a handshake they cause), so the box's
+        # next frame already follows the command.
         while True:
             try:
-                async with self._lock:
-                    read_started = trio.current_time()  # the shared DSP learns the box's frame clock
-                    data = await trio.to_thread.run_sync(session.read, stream)
+                read_started = trio.current_time()  # the shared DSP learns the box's frame clock
+                data = await trio.to_thread.run_sync(session.read, stream, limiter=self._limiter)
             except usb.core.USBTimeoutError:
                 continue
             except usb.core.USBError as exc:
@@ -539,7 +544,7 @@ class UsbVoiceBox:
             raise BoxUnavailable(f"{self.name}: the {self.profile.name} profile cannot do this")
         try:
             async with self._lock:
-                await trio.to_thread.run_sync(session.write, data)
+                await trio.to_thread.run_sync(session.write, data, limiter=self._limiter)
         except usb.core.USBError as exc:
             raise BoxUnavailable(f"{self.name}: USB write failed: {_describe(exc)}") from None
 

@@ -52,6 +52,18 @@ T = TypeVar("T")
 Runner = Callable[..., Awaitable[Any]]
 
 
+def _own_thread_runner() -> Runner:
+    """``trio.to_thread.run_sync`` with a limiter of the store's own: trio's default limiter (40 threads) is
+    shared with every other blocking call of the process, and with 32 voice boxes each holding a thread in
+    a blocking read (and their writes) a commit could wait for a free token behind them."""
+    limiter = trio.CapacityLimiter(1)  # one connection: the store never runs two calls at once anyway
+
+    async def run(fn: Callable[..., T], *args: Any) -> T:
+        return await trio.to_thread.run_sync(fn, *args, limiter=limiter)
+
+    return run
+
+
 # The gathering leader's one yield (a module name, so a test can act exactly while a leader gathers).
 _gather_pause = trio.lowlevel.checkpoint
 
@@ -643,7 +655,7 @@ class SqliteStore(Store):
         self._conn = conn
         self._clock = clock
         self._max_batch = max_batch
-        self._run = runner or trio.to_thread.run_sync
+        self._run = runner or _own_thread_runner()
         self._lock = trio.Lock()
         self._queue: list[_PendingUnit] = []
         self._committing = False
