@@ -235,8 +235,7 @@ class PstnLine:
         self._outgoing = _Outgoing()
         self.records: list[LineRecord] = []
         self.cid_data_ends: list[LineRecord] = []  # FSK caller ID: line time of each message's last bit
-        self._cid_data_end_s: float | None = None  # set while a caller-ID signal is built (see _play_cid)
-        self._cid_burst_s = 0.0
+        self._cid_burst_s = 0.0  # length of the last caller-ID signal played (Bell 202 timing)
 
     # ---------------------------------------------------------------------------- subscriber side
     @property
@@ -445,11 +444,14 @@ class PstnLine:
         return not self._off_hook
 
     # -- caller ID signals (GR-30-CORE / EN 300 659-3 messages, NTT frames, EN 300 659-1 Annex B DTMF)
-    def _cid_signal(self, caller: Caller, standard: str) -> np.ndarray:
+    def _cid_signal(self, caller: Caller, standard: str) -> tuple[np.ndarray, float | None]:
+        """The caller-ID signal, and for FSK the time from its start to the message's last bit (its last
+        byte's first stop bit)."""
         reason = {"private": "P", "unavailable": "O"}.get(caller.presentation)
         number = None if reason else caller.number
         if standard == "dtmf":
-            return cid.dtmf_waveform(cid.dtmf_callerid_digits(number, reason=reason), on_ms=70, off_ms=70)
+            digits = cid.dtmf_callerid_digits(number, reason=reason)
+            return cid.dtmf_waveform(digits, on_ms=70, off_ms=70), None
         if standard == "v23_ntt":
             msg, fsk = cid.ntt_callerid(number, reason_absent=reason), "ntt"
         else:
@@ -458,19 +460,16 @@ class PstnLine:
             )
             fsk = "bell202" if standard == "bell202" else "etsi"
         lead_ms = 100.0 + caller.cid_delay_ms
-        # Line time of the message's last bit (its last byte's first stop bit), from the burst's start
-        # (the frame that starts playing it): the ``cid_data_end`` record.
-        self._cid_data_end_s = cid.burst_message_end(msg, standard=fsk, lead_silence_ms=lead_ms)
-        return cid.callerid_burst(msg, standard=fsk, lead_silence_ms=lead_ms)
+        data_end_s = cid.burst_message_end(msg, standard=fsk, lead_silence_ms=lead_ms)
+        return cid.callerid_burst(msg, standard=fsk, lead_silence_ms=lead_ms), data_end_s
 
     def _play_cid(self, caller: Caller, standard: str, until: Callable[[], bool] | None = None):
         """Play a caller-ID signal; for FSK, note in ``cid_data_ends`` when its last data bit is on the line
         (exact line time, for latency measurements; noted when queued, whether or not it is all sent)."""
-        self._cid_data_end_s = None
-        signal = self._cid_signal(caller, standard)
+        signal, data_end_s = self._cid_signal(caller, standard)
         self._cid_burst_s = signal.size / RATE
-        if self._cid_data_end_s is not None:  # queued now: mixed from this frame's first sample
-            end = round(self.t + self._cid_data_end_s, 6)
+        if data_end_s is not None:  # queued now: mixed from this frame's first sample
+            end = round(self.t + data_end_s, 6)
             self.cid_data_ends.append(LineRecord(end, "cid_data_end", standard))
         return (yield from self._play(signal, until))
 

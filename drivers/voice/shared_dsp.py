@@ -221,40 +221,33 @@ class SharedLine:
     def _available(self) -> int:
         return self._lead_in + self._pending
 
-    def _take(self, n: int) -> np.ndarray:
-        """The channel's next ``n`` samples: lead-in silence first, then queued audio."""
-        out = np.zeros(n, dtype=np.float32)
-        filled = min(n, self._lead_in)
-        self._lead_in -= filled
-        real = 0
-        for sub in self._queue:
-            if filled == n:
-                break
-            k = min(n - filled, sub.samples.size - sub.used)
-            if k == 0:
-                continue
-            out[filled : filled + k] = sub.samples[sub.used : sub.used + k]
-            sub.used += k
-            filled += k
-            real += k
-            self._last = sub
-        self._pending -= real
-        self._analysed += real
-        return out
+    def _take(self, n: int, out: np.ndarray) -> None:
+        """The channel's next ``n`` samples into ``out`` (zeros): lead-in silence first, then queued audio."""
+        silent = min(n, self._lead_in)
+        self._lead_in -= silent
+        self._advance(n - silent, out[silent:])
 
     def _consume(self, n: int) -> None:
         """Discard ``n`` queued samples unanalysed (warm-up, skip): their submissions complete empty."""
-        left = n
-        for sub in self._queue:
-            if left == 0:
-                break
-            k = min(left, sub.samples.size - sub.used)
-            sub.used += k
-            left -= k
-            self._last = sub
-        self._pending -= n
-        self._analysed += n
+        self._advance(n)
         self._release()
+
+    def _advance(self, n: int, out: np.ndarray | None = None) -> None:
+        """Move past ``n`` queued samples (copied into ``out`` when given)."""
+        done = 0
+        for sub in self._queue:
+            if done == n:
+                break
+            k = min(n - done, sub.samples.size - sub.used)
+            if k == 0:
+                continue
+            if out is not None:
+                out[done : done + k] = sub.samples[sub.used : sub.used + k]
+            sub.used += k
+            done += k
+            self._last = sub
+        self._pending -= done
+        self._analysed += done
 
     def _deliver(self, events: list[Event]) -> None:
         """Events of the last batch go with the submission the batch ended in (as LineAnalyzer.feed
@@ -298,10 +291,6 @@ class SharedLineDsp:
     @property
     def cohorts(self) -> int:
         return len(self._cohorts)
-
-    def spreads(self) -> list[float]:
-        """Per cohort: how far apart (s) its members' frames arrive (the lockstep wait of the earliest)."""
-        return [max(e) - min(e) for c in self._cohorts if (e := c.epochs())]
 
     def line(self, *, tones: str = "jp", cid: str | None = "auto", sample_rate: int = 8000) -> SharedLine:
         key = (tones, cid, sample_rate)
@@ -439,11 +428,8 @@ class SharedLineDsp:
     def _form(self, forming: _Forming) -> None:
         if self._forming.get(forming.key) is forming:
             del self._forming[forming.key]
-        lines = [ln for ln in forming.lines if not ln.closed]
-        for ln in lines:  # a line placed since (joined a cohort) is no longer forming
-            if ln._pending and ln._cohort is None:
-                ln._consume(ln._pending)
-        lines = [ln for ln in lines if ln._cohort is None]
+        # (A line placed since, by joining a cohort, is no longer forming.)
+        lines = [ln for ln in forming.lines if not ln.closed and ln._cohort is None]
         if not lines:
             return
         tones, cid, rate = forming.key
@@ -513,16 +499,16 @@ class SharedLineDsp:
         live = cohort.live()
         if not live:
             return
-        quiet = cohort.bank.quiet_channels()
         if len(live) == 1:
             ch, line = live[0]
-            if line.movable and quiet[ch] and line._lead_in == 0:
+            if line.movable and line._lead_in == 0 and cohort.bank.quiet_channels()[ch]:
                 if self._join_running(line, lossy=True, exclude=cohort):
                     self.moves += 1
             return
         epochs = np.array([m._bank_epoch for _, m in live])
         if epochs.max() - epochs.min() <= 2 * self.width_s:
             return
+        quiet = cohort.bank.quiet_channels()
         centre = float(np.median(epochs))
         for j in np.argsort(-np.abs(epochs - centre)):
             ch, line = live[int(j)]
@@ -550,7 +536,7 @@ class SharedLineDsp:
                 return
             x = np.zeros((cohort.bank.channels, n), dtype=np.float32)  # free channels hear silence
             for ch, m in live:
-                x[ch] = m._take(n)
+                m._take(n, x[ch])
             per: dict[int, list[Event]] = {ch: [] for ch, _ in live}
             for ch, event in cohort.bank.feed(x):
                 if ch in per:
