@@ -12,6 +12,10 @@ the frame whose ``feed`` returned the digit (target ≤ 30 ms). Caller-ID latenc
 202, ETSI V.23, NTT in turn) at random alignments, from the end of the last byte's stop bit to the end of the
 frame that returned the caller ID (target ≤ 30 ms).
 
+Tick cost (``--tick-cost``): what one ``feed`` of a 20 ms frame costs a bank of C = 1, 8, 32 lines, on low
+noise and while an NTT V.23 caller-ID burst plays on every line: the fixed cost the shared DSP of the
+daemon pays per bank per tick (drivers/voice/shared_dsp.py).
+
 Caller-ID gate: the fraction of line-frames on which FSK receivers run, per line type of the mix (only the
 caller-ID line should need them), and on synthetic speech from espeak-ng when it is installed. Prints JSON
 lines.
@@ -264,6 +268,33 @@ def gate_on_speech(seed: int) -> dict:
     return result
 
 
+def tick_cost(seed: int, feeds: int = 2000) -> dict:
+    """Microseconds per ``feed`` of one 20 ms frame, best of three rounds of ``feeds`` after a warm-up."""
+    from simulators import callerid_gen
+
+    rng = np.random.default_rng(seed)
+    burst = callerid_gen.callerid_burst(callerid_gen.ntt_callerid("0312345678"), standard="ntt")
+    burst = np.pad(burst, (0, -burst.size % FRAME)).astype(np.float32)
+    out: dict = {"bench": "dsp_tick_cost", "feeds": feeds}
+    for channels in (1, 8, 32):
+        noise = (rng.standard_normal((channels, FRAME * 50)) * 10 ** (-60 / 20)).astype(np.float32)
+        for name, audio in (("noise", noise), ("ntt_burst", np.tile(burst, (channels, 1)))):
+            frames = audio.shape[1] // FRAME
+            best = float("inf")
+            for _ in range(3):
+                bank = LineAnalyzerBank(channels, tones="jp", cid="auto")
+                for k in range(min(200, frames)):  # warm-up
+                    bank.feed(audio[:, k * FRAME : (k + 1) * FRAME])
+                bank = LineAnalyzerBank(channels, tones="jp", cid="auto")
+                start = time.perf_counter()
+                for i in range(feeds):
+                    k = i % frames  # the burst restarts from its beginning: receivers open again
+                    bank.feed(audio[:, k * FRAME : (k + 1) * FRAME])
+                best = min(best, time.perf_counter() - start)
+            out[f"{name}_c{channels}_us"] = round(best / feeds * 1e6, 1)
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m bench.bench_dsp", description=__doc__.split("\n\n")[0])
     ap.add_argument("--channels", type=int, default=200)
@@ -272,7 +303,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--latency-trials", type=int, default=200)
     ap.add_argument("--cid-latency-trials", type=int, default=30)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--tick-cost", action="store_true", help="only the per-feed cost of small banks")
     args = ap.parse_args(argv)
+    if args.tick_cost:
+        print(json.dumps(tick_cost(args.seed)), flush=True)
+        return
     print(json.dumps(throughput(args.channels, args.seconds, args.tones, args.seed)), flush=True)
     print(json.dumps(latency(args.latency_trials, args.seed)), flush=True)
     if caller_id_available():
