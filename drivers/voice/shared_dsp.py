@@ -31,8 +31,9 @@ groups against 50-69 ms with one) and CPU rose by 5-10 points.  So the default i
 period (``width_s = frame_s``): one bank, with the pairing above.
 
 A cohort is formed from the lines without a channel: from the first frame of such a line, for at most
-``form_s`` (or until every registered line without a channel is streaming and has been seen for
-``ESTIMATE_FRAMES`` frames) their audio is counted but not analysed (warm-up), then they are clustered by
+``form_s`` (or until every registered line without a channel is streaming, has been seen for
+``ESTIMATE_FRAMES`` frames and has caught up with its box, i.e. its last read waited for its frame) their
+audio is counted but not analysed (warm-up), then they are clustered by
 phase (on the circle of one frame period, cut at the largest gap, greedily into arcs no wider than
 ``width_s``) into banks sized with spare channels.  A line that comes later (hot-plug, eviction) takes a
 quiet free channel of a running cohort that fits its phase (lossless only, unless the line is idle), or
@@ -78,16 +79,20 @@ import trio
 
 from drivers.dsp.pipeline import Event, LineAnalyzerBank
 
-__all__ = ["SharedLine", "SharedLineDsp"]
+__all__ = ["Analysis", "SharedLine", "SharedLineDsp"]
 
 CREEP = 0.001  # s per s: how fast a line's phase estimate may move later (crystals drift 50 us/s)
 WAITED_S = 0.002  # a read that blocked this long shows the box's timing (a buffered frame returns sooner)
 ESTIMATE_FRAMES = 2  # frames of a line seen before its phase is trusted enough to place it
+JITTER_S = 0.005  # a box may deliver this much later than its frame clock (USB scheduling)
+BACKLOG_FRAMES = 8  # more than a box buffers (100 ms): reads that never wait are an unpaced box's
 CHECK_BATCHES = 50  # a cohort checks its spread once a second (20 ms frames)
 
 
 @dataclass(eq=False)
-class _Submission:
+class Analysis:
+    """A submitted frame (``SharedLine.submit``): its events once its batch has run."""
+
     samples: np.ndarray
     at: float  # trio time it was queued
     used: int = 0
@@ -126,9 +131,9 @@ class SharedLine:
         self._dsp = dsp
         self.key = key
         self.sample_rate = sample_rate
-        self._queue: deque[_Submission] = deque()
+        self._queue: deque[Analysis] = deque()
         self._pending = 0  # samples queued, not yet analysed
-        self._last: _Submission | None = None  # where the last batch's samples ended
+        self._last: Analysis | None = None  # where the last batch's samples ended
         self._cohort: _Cohort | None = None
         self._channel = -1
         self._analysed = 0  # samples of this line consumed so far (analysed, warm-up or skipped)
@@ -139,6 +144,9 @@ class SharedLine:
         self._epoch = math.inf  # trio time at which the line's sample 0 arrived (estimate, see module doc)
         self._crept_at = 0.0  # when the estimate was last allowed to creep
         self._seen = 0  # submissions so far
+        self._behind = 0  # consecutive arrivals faster than the box's frame rate: reading a backlog
+        self._last_e = math.inf  # the epoch shown by the last arrival
+        self._was_placed = False  # it has had a channel
         # Where the current channel started (bank clock, first line sample fed, silence before it).
         self._seat_clock = self._seat_start = self._seat_lead_in = 0
         self.movable = False  # set by the driver: idle line (on hook, not ringing), may change cohort
@@ -148,22 +156,33 @@ class SharedLine:
         """``read_started``: when the read that returned ``samples`` was issued (trio time). A read that
         blocked shows when the box delivered; one that returned at once (the frame was waiting in the box,
         the reader was late) or an unknown one only bounds it (see ``_observe``)."""
+        return await self.events_of(self.submit(samples, read_started=read_started))
+
+    def submit(self, samples: np.ndarray, *, read_started: float | None = None) -> Analysis:
+        """Queue ``samples`` for analysis at once (see ``analyse``); ``await events_of(...)`` for the events.
+        A reader may submit its next frames before the events of the previous ones are back (in order):
+        one that is behind its box then catches up, instead of reading a frame per batch."""
         if self.closed:
             raise RuntimeError("this line has left the shared DSP")
         x = np.asarray(samples, dtype=np.float32).reshape(-1)
-        if x.size == 0:
-            await trio.lowlevel.checkpoint()
-            return []
         now = trio.current_time()
+        sub = Analysis(x, now)
+        if x.size == 0:
+            sub.done.set()
+            return sub
         self._observe(now, x.size, read_started)
-        sub = _Submission(x, now)
         self._queue.append(sub)
         self._pending += x.size
         self._dsp._submitted(self)
+        return sub
+
+    async def events_of(self, sub: Analysis) -> list[Event]:
+        """The events of a submission (sorted by ``t``, on the line's own sample clock), once its batch
+        has run."""
         if sub.done.is_set():
-            # This frame completed its cohort's batch, which ran here and woke the cohort's other readers:
-            # yield once so that every line's events of the batch go on together (one store commit, not
-            # this line's alone followed by the others').
+            # Its batch ran already: when this frame completed its cohort's batch, which woke the cohort's
+            # other readers: yield once so that every line's events of the batch go on together (one store
+            # commit, not this line's alone followed by the others').
             await trio.lowlevel.checkpoint()
         while not sub.done.is_set():
             with trio.move_on_after(max(0.0, self._dsp._deadline_of(self) - trio.current_time())):
@@ -189,10 +208,13 @@ class SharedLine:
         """Every arrival bounds the epoch from above (audio never arrives before the box captured it).
         Only an arrival the reader waited for is the box's own timing: then the estimate may also move
         later (by up to ``CREEP``), following a box that runs slow. A late reader's arrivals must not move
-        it (a line read at its cohort's pace would otherwise look as slow as the cohort's slowest box)."""
+        it (a line read at its cohort's pace would otherwise look as slow as the cohort's slowest box).
+        A read that took longer than the frame's own duration did not wait for the box all that time: the
+        host was busy (a stall), and the frame was most likely waiting; it counts as a read at once."""
         self._received += size
         e = now - self._received / self.sample_rate
-        waited = read_started is not None and now - read_started >= WAITED_S
+        took = None if read_started is None else now - read_started
+        waited = took is not None and WAITED_S <= took <= size / self.sample_rate + JITTER_S
         if self._seen == 0:
             self._epoch = e
         elif waited:
@@ -202,6 +224,28 @@ class SharedLine:
         if waited or self._seen == 0:
             self._crept_at = now
         self._seen += 1
+        # Arrivals at the box's frame rate (the same epoch as the last one's) are live; arrivals closer
+        # together are a backlog being read (an unplaced line's reads are not held back).
+        steady = abs(e - self._last_e) <= JITTER_S
+        self._behind = 0 if steady else self._behind + 1
+        self._last_e = e
+
+    @property
+    def _placeable(self) -> bool:
+        """Its phase can be trusted: seen for a few frames, and not reading a backlog.  A reader behind its
+        box (a daemon busy starting up) reads frames that waited there, so their arrivals are late; paired
+        on them, the line would be analysed that much late and, its reads gated by its cohort's batches,
+        stay behind for good.  While it is unplaced its reads are not held back, so it catches up within a
+        few reads (a box buffers less than ``BACKLOG_FRAMES``), and its arrivals settle at the frame rate.
+        How long a read took does not tell: reading a waiting frame takes milliseconds when the process is
+        busy.  A line whose arrivals never settle is a box that is not paced in real time (a test's
+        simulator, clocked by the host's reads): it is placed after ``BACKLOG_FRAMES`` reads.
+        Only a line's first placement waits so (its audio before it is warm-up): one that had a channel
+        and lost it (evicted after a stall) is placed at once and catches up in a cohort of its own,
+        losing nothing."""
+        if self._seen < ESTIMATE_FRAMES:
+            return False
+        return self._was_placed or not 0 < self._behind < BACKLOG_FRAMES
 
     def _next_arrival(self, frame: int) -> float:
         """When the frame after the audio consumed and queued so far is expected (trio time)."""
@@ -309,7 +353,7 @@ class SharedLineDsp:
             self._run_ready(line._cohort)
             return
         forming = self._forming.get(line.key)
-        if line._seen >= ESTIMATE_FRAMES and self._join_running(line, lossy=line.movable):
+        if line._placeable and self._join_running(line, lossy=line.movable):
             if forming is not None and line in forming.lines:
                 forming.lines.remove(line)
                 if not forming.lines:
@@ -320,7 +364,7 @@ class SharedLineDsp:
         if line not in forming.lines:
             forming.lines.append(line)
         everyone = len(forming.lines) == len(self._unplaced[line.key])
-        estimated = all(ln._seen >= ESTIMATE_FRAMES for ln in forming.lines)
+        estimated = all(ln._placeable for ln in forming.lines)
         if (everyone and estimated) or trio.current_time() >= forming.deadline:
             self._form(forming)  # every registered line is streaming, or the others are too late
         elif line._pending:  # warm-up: this audio is not analysed, the line's clock moves on
@@ -415,6 +459,7 @@ class SharedLineDsp:
         hears ``k`` frames of silence first (k > 0), or the line's next ``-k`` frames are skipped."""
         cohort.members[ch] = line
         line._cohort, line._channel = cohort, ch
+        line._was_placed = True
         start = line._analysed + line._pending  # the line's next frame
         line._lead_in = max(0, k) * frame
         line._skip = max(0, -k) * frame

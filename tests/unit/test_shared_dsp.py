@@ -238,9 +238,11 @@ def _assert_fresh_bank_events(got: list, x: np.ndarray, seat: tuple, label: str)
 
 
 async def _paced(line: SharedLine, x: np.ndarray, start: float, period: float, out: list, waits: list,
-                 seats: list, late: list | None = None) -> None:
+                 seats: list, late: list | None = None, begin: float = 0.0) -> None:
     """A box with its own frame clock: frame k is captured at ``start + k * period`` and read then, or
-    when the reader is back from the previous frame's events (``late``: how much later)."""
+    when the reader is back from the previous frame's events (``late``: how much later). The reader starts
+    reading at ``begin`` (a later one finds the frames captured since ``start`` waiting in the box)."""
+    await trio.sleep_until(begin)
     for k in range(x.size // FRAME):
         read_started = trio.current_time()
         await trio.sleep_until(start + period * k)
@@ -384,6 +386,27 @@ async def test_one_group_re_pairs_a_slow_idle_line_so_the_others_do_not_fall_beh
     else:
         assert dsp.moves == 0
         assert behind >= 0.05
+
+
+async def test_a_line_that_starts_behind_its_box_catches_up_before_it_is_paired(autojump_clock):
+    """A reader that starts 90 ms after its box (a daemon busy starting up) finds four frames waiting:
+    those reads return at once, so their arrival times are not the box's clock. Paired on them, the line
+    would be analysed with the others' frames of 90 ms later, and, its reads gated by the lockstep, stay
+    90 ms behind its box for good. It is placed only once a read of it has waited for the box."""
+    dsp = SharedLineDsp(form_s=1.0, stall_s=0.5)
+    n = 4
+    lines = [dsp.line(tones="jp") for _ in range(n)]
+    x = np.zeros(FRAME * 150, np.float32)
+    got, waits, seats, late = ([[] for _ in range(n)] for _ in range(4))
+    async with trio.open_nursery() as nursery:
+        for i in range(n - 1):
+            nursery.start_soon(_paced, lines[i], x, 1.0 + 0.004 * i, 0.02, got[i], waits[i], seats[i],
+                               late[i])
+        nursery.start_soon(_paced, lines[-1], x, 1.013, 0.02, got[-1], waits[-1], seats[-1], late[-1], 1.103)
+    assert late[-1][0] == pytest.approx(0.09)  # it did start behind
+    assert dsp.cohorts_formed == 1 and dsp.evictions == 0
+    for i in range(n):
+        assert max(late[i][10:]) <= 0.02 + 1e-9, (i, max(late[i][10:]))  # at most the lockstep wait
 
 
 def test_line_monitor_idle_is_on_hook_and_not_ringing_for_a_while():
