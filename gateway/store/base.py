@@ -245,7 +245,9 @@ class Store(ABC):
     """A durable store with group-committed units of work and the event journal (``EventJournal``)."""
 
     @abstractmethod
-    async def write(self, unit: Callable[[StoreTx], T]) -> T: ...
+    async def write(self, unit: Callable[[StoreTx], T], *, light: bool = False) -> T:
+        """Commit ``unit`` (group commit) and return its result. ``light``: the unit writes a few rows by key
+        (and events), so the store may commit it without a thread hop (see ``gateway/store/sqlite.py``)."""
 
     @abstractmethod
     async def read(self, query: Callable[[StoreTx], T]) -> T: ...

@@ -1,7 +1,18 @@
 """SQLite store: WAL mode, one connection, group commit, migrations, the event journal.
 
-Concurrency: every sqlite3 call runs in a worker thread (``trio.to_thread.run_sync``) on ONE connection
-(``check_same_thread=False``) guarded by a ``trio.Lock``.
+Concurrency: sqlite3 calls run in a worker thread (``trio.to_thread.run_sync``) on ONE connection
+(``check_same_thread=False``) guarded by a ``trio.Lock``; with one exception, *light* batches (below).
+
+Light units (``write(unit, light=True)``): a few rows by key and their events, such as a call's state
+change (the screen pop of 32 lines ringing at once is one batch of 32 such units, ~1 ms of SQLite). A batch
+of light units only, with ``synchronous=NORMAL``, commits on the trio thread: a WAL commit then is page-cache
+writes, no fsync, and the thread hop costs more than the work. Measured on the 2-core bench host with 32
+voice lines streaming (issue 5): the hop waited 2-10 ms for the worker thread to get the GIL, and the commit
+then took 2-11 ms instead of 1, its ~200 sqlite3 calls each giving the GIL up and waiting to get it back
+from the busy event loop. What could block is kept off the trio thread: automatic checkpoints are off on
+the connection and ``_checkpoint`` runs a PASSIVE one (what SQLite's automatic one does) in the worker
+thread after every ``CHECKPOINT_EVERY_COMMITS`` commits (or ``CHECKPOINT_EVERY_UNITS`` units); a batch
+that has a checkpoint or the journal's pruning due is committed in the worker thread, which does them.
 
 Group commit (leader/follower, no background task): ``write(unit)`` queues the unit; if no commit is in
 progress the caller becomes the leader and commits EVERY queued unit in one transaction, each in its own
@@ -74,6 +85,9 @@ async def run_inline(fn: Callable[..., T], *args: Any) -> T:
 
 
 MAX_BATCH = 2000  # units per transaction; a bigger backlog is committed in several transactions
+INLINE_MAX_UNITS = 64  # a batch of light units commits on the trio thread up to this size
+CHECKPOINT_EVERY_COMMITS = 64  # a PASSIVE WAL checkpoint in the worker thread (SQLite's own: 1000 pages)
+CHECKPOINT_EVERY_UNITS = 2000  # ... or after this many units (bulk batches write many pages each)
 PRUNE_EVERY_EVENTS = 1000  # journal retention is enforced inside a commit every this many events
 BUSY_TIMEOUT_MS = 5000
 
@@ -192,6 +206,7 @@ def _part_from_row(row: sqlite3.Row | tuple) -> MessagePart:
 @dataclass
 class _PendingUnit:
     fn: Callable[[StoreTx], Any]
+    light: bool = False  # a few rows by key: may commit on the trio thread (see the module docstring)
     taken: bool = False  # in the batch in flight (or a finished one)
     done: bool = False
     result: Any = None
@@ -206,6 +221,8 @@ class StoreStats:
     units: int = 0  # units of work committed or rolled back
     failed_units: int = 0
     largest_batch: int = 0
+    inline_transactions: int = 0  # light batches committed on the trio thread
+    checkpoints: int = 0  # WAL checkpoints run by the store (automatic ones are off)
 
 
 class SqliteTx(StoreTx):
@@ -577,6 +594,9 @@ def _connect(path: str, synchronous: str) -> tuple[sqlite3.Connection, int, str,
         # none of which the gateway's indexed queries need) is in memory as well. Durability is unchanged:
         # the statement journal only serves ROLLBACK TO inside an open transaction.
         conn.execute("PRAGMA temp_store = MEMORY")
+        # Checkpoints run in the worker thread (SqliteStore._checkpoint), never inside a commit, which may
+        # run on the trio thread (light batches: see the module docstring).
+        conn.execute("PRAGMA wal_autocheckpoint = 0")
         conn.execute("PRAGMA foreign_keys = ON")
         version = _migrate(conn, path)
         epoch, seq = _journal_position(conn)
@@ -648,6 +668,7 @@ class SqliteStore(Store):
         clock: Callable[[], datetime] = utc_now,
         max_batch: int = MAX_BATCH,
         runner: Runner | None = None,
+        synchronous: str = "normal",
     ):
         self.path = path
         self.schema_version = schema_version
@@ -656,6 +677,9 @@ class SqliteStore(Store):
         self._clock = clock
         self._max_batch = max_batch
         self._run = runner or _own_thread_runner()
+        # Light batches commit on the trio thread only where a commit cannot wait for the disk.
+        self._inline_light = synchronous == "normal"
+        self._commits_since_checkpoint = self._units_since_checkpoint = 0
         self._lock = trio.Lock()
         self._queue: list[_PendingUnit] = []
         self._committing = False
@@ -705,6 +729,7 @@ class SqliteStore(Store):
             clock=clock,
             max_batch=max_batch,
             runner=runner,
+            synchronous=synchronous,
         )
         log.info(
             "store open",
@@ -730,7 +755,7 @@ class SqliteStore(Store):
         self._listeners.append(listener)
 
     async def append_event(self, type: str, data: dict[str, Any]) -> Event:
-        return await self.write(lambda tx: tx.append_event(type, data))
+        return await self.write(lambda tx: tx.append_event(type, data), light=True)
 
     async def read_events(self, after_seq: int, limit: int) -> list[Event]:
         def query(_tx: StoreTx) -> list[Event]:
@@ -770,10 +795,10 @@ class SqliteStore(Store):
         return epoch
 
     # --- units of work ------------------------------------------------------------------------------------
-    async def write(self, unit: Callable[[StoreTx], T]) -> T:
+    async def write(self, unit: Callable[[StoreTx], T], *, light: bool = False) -> T:
         if self._closed:
             raise StoreError(f"database {self.path} is closed")
-        pending = _PendingUnit(unit)
+        pending = _PendingUnit(unit, light=light)
         self._queue.append(pending)
         # Each caller sleeps until the batch holding its unit has committed, and wakes once: a unit queued
         # during a commit waits for the NEXT batch (_next_done), except the first such unit, which waits for
@@ -835,7 +860,11 @@ class SqliteStore(Store):
                     # Clocks are read here, in trio, never in the worker thread.
                     self._batch_time = format_time(self._clock())
                     self._batch_cutoff = self._retention_cutoff()
-                    events = await self._run(self._run_batch, batch)
+                    if self._inline(batch):
+                        events = self._run_batch(batch, maintain=False)
+                        self.stats.inline_transactions += 1
+                    else:
+                        events = await self._run(self._run_batch, batch)
                 for pending in batch:
                     pending.done = True
                 if events:
@@ -858,8 +887,22 @@ class SqliteStore(Store):
             if self._queue and not self._leader_waiting:
                 self._wake_followers()  # nobody waits to lead the next batch (its leader was cancelled)
 
-    def _run_batch(self, batch: list[_PendingUnit]) -> list[Event]:
-        """One transaction for the whole batch (worker thread)."""
+    def _inline(self, batch: list[_PendingUnit]) -> bool:
+        """Commit ``batch`` on the trio thread (module docstring): light units only, a WAL commit that does
+        not wait for the disk, and no maintenance due (such a batch goes to the worker thread, which does
+        it)."""
+        return (self._inline_light and len(batch) <= INLINE_MAX_UNITS and all(p.light for p in batch)
+                and not self._maintenance_due())
+
+    def _maintenance_due(self) -> bool:
+        return (self._commits_since_checkpoint >= CHECKPOINT_EVERY_COMMITS
+                or self._units_since_checkpoint >= CHECKPOINT_EVERY_UNITS
+                or (self._max_events is not None and self._events_since_prune >= PRUNE_EVERY_EVENTS))
+
+    def _run_batch(self, batch: list[_PendingUnit], maintain: bool = True) -> list[Event]:
+        """One transaction for the whole batch (worker thread; a light batch on the trio thread, which
+        leaves the journal's pruning and the checkpoint, if they fall due, to the next batch:
+        ``maintain=False``)."""
         conn = self._conn
         epoch_before, seq_before = self._epoch, self._seq
         events: list[Event] = []
@@ -885,10 +928,14 @@ class SqliteStore(Store):
                 finally:
                     self._unit_running = self._unit_thread = None
             self._events_since_prune += len(events)
-            if self._max_events is not None and self._events_since_prune >= PRUNE_EVERY_EVENTS:
+            if maintain and self._max_events is not None and self._events_since_prune >= PRUNE_EVERY_EVENTS:
                 SqliteTx(self, conn)._prune_events(self._max_events, self._batch_cutoff)
                 self._events_since_prune = 0
             conn.execute("COMMIT")
+            self._commits_since_checkpoint += 1
+            self._units_since_checkpoint += len(batch)
+            if maintain and self._maintenance_due():
+                self._checkpoint()
         except sqlite3.Error as exc:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
@@ -903,6 +950,16 @@ class SqliteStore(Store):
         self.stats.units += len(batch)
         self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
         return events
+
+    def _checkpoint(self) -> None:
+        """Worker thread, after a commit: a PASSIVE checkpoint, what SQLite's automatic one does (copies the
+        WAL into the database as far as no reader needs it; never waits for a lock)."""
+        try:
+            self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        except sqlite3.Error as exc:
+            log.warning("checkpoint failed", path=self.path, error=str(exc))
+        self._commits_since_checkpoint = self._units_since_checkpoint = 0
+        self.stats.checkpoints += 1
 
     def after_commit(self, callback: Callable[[], None]) -> None:
         unit = self._unit_running

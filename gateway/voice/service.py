@@ -261,7 +261,8 @@ class VoiceService:
             for type_, payload in events:
                 tx.append_event(type_, payload)
 
-        await self.store.write(unit)
+        # A call's row (and its attempts: a few) and its events, by key: light (no thread hop).
+        await self.store.write(unit, light=True)
 
     async def _announce(self, line: _Line, call: Call) -> None:
         """call.incoming as soon as the caller is known, with the CRM's contact lookup when it answers in

@@ -1,4 +1,5 @@
 import sqlite3
+import threading
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -254,3 +255,71 @@ async def test_times_are_stored_as_sortable_utc_text(tmp_path):
     raw = await store.read(lambda tx: tx._c.execute("SELECT send_at FROM messages").fetchone()[0])
     assert raw == "2026-11-27T15:00:00.000Z" == format_time(jst)
     await store.close()
+
+
+def _counting_runner(calls: list):
+    """A runner that records what it ran in a worker thread (the default's behaviour otherwise)."""
+    async def run(fn, *args):
+        calls.append(getattr(fn, "__name__", repr(fn)))
+        return await trio.to_thread.run_sync(fn, *args)
+    return run
+
+
+async def _open_counted(path, calls: list, **kw) -> SqliteStore:
+    store = await SqliteStore.open(path, **kw)
+    store._run = _counting_runner(calls)
+    return store
+
+
+async def test_light_batches_commit_on_the_trio_thread_and_others_in_the_worker(tmp_path):
+    """Light units (a call's row and its events) commit without a thread hop; a batch with any other unit,
+    or a store with synchronous=full (a commit waits for fsync), goes to the worker thread. Either way the
+    units are committed before write() returns, and their events are fanned out."""
+    calls: list[str] = []
+    store = await _open_counted(tmp_path / "gw.sqlite3", calls)
+    seen: list[str] = []
+    store.add_commit_listener(lambda events: seen.extend(e.type for e in events))
+    threads: set[int] = set()
+
+    def light(tx):
+        threads.add(threading.get_ident())
+        return tx.append_event("call.incoming", {"n": 1}).seq
+
+    async with trio.open_nursery() as nursery:  # 32 lines ringing at once: one batch, on the trio thread
+        for _ in range(32):
+            nursery.start_soon(lambda: store.write(light, light=True))
+    assert threads == {threading.get_ident()} and calls == []
+    assert store.stats.inline_transactions == 1 and seen == ["call.incoming"] * 32
+    assert await store.read(lambda tx: tx._c.execute("SELECT count(*) FROM events").fetchone()[0]) == 32
+    calls.clear()
+
+    async with trio.open_nursery() as nursery:  # one heavy unit in the batch: the worker thread
+        nursery.start_soon(lambda: store.write(light, light=True))
+        nursery.start_soon(lambda: store.write(lambda tx: tx.insert_message(_message("msg_1"))))
+    assert calls == ["_run_batch"] and store.stats.inline_transactions == 1
+    await store.close()
+
+    calls = []
+    full = await _open_counted(tmp_path / "full.sqlite3", calls, synchronous="full")
+    await full.write(light, light=True)
+    assert calls == ["_run_batch"] and full.stats.inline_transactions == 0
+    await full.close()
+
+
+async def test_checkpoints_run_in_the_worker_thread_never_inside_a_light_commit(tmp_path, monkeypatch):
+    """Automatic checkpoints are off (one could run inside a commit on the trio thread); every
+    CHECKPOINT_EVERY_COMMITS commits the next batch goes to the worker thread, which checkpoints after it."""
+    monkeypatch.setattr(sqlite_module, "CHECKPOINT_EVERY_COMMITS", 5)
+    calls: list[str] = []
+    store = await _open_counted(tmp_path / "gw.sqlite3", calls)
+    assert await store.read(lambda tx: tx._c.execute("PRAGMA wal_autocheckpoint").fetchone()[0]) == 0
+    calls.clear()
+    for i in range(11):
+        await store.write(lambda tx, i=i: tx.append_event("line.state_changed", {"i": i}), light=True)
+    # commits 1-5 inline; the 6th is threaded and checkpoints; 7-11 inline.
+    assert calls == ["_run_batch"]
+    assert store.stats.checkpoints == 1 and store.stats.inline_transactions == 10
+    await store.close()
+    conn = sqlite3.connect(tmp_path / "gw.sqlite3")
+    assert conn.execute("SELECT count(*) FROM events").fetchone()[0] == 11
+    conn.close()
