@@ -32,6 +32,7 @@ import random
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +42,7 @@ from bench.bench_voice import _menu_tree
 from bench.voice_harness import (
     FRAME_S,
     SILENCE,
-    attach_clocks,
+    Boxes,
     line_names,
     pct,
     summary,
@@ -70,15 +71,17 @@ def bench_ivr(args) -> dict:
     from simulators.pstn_line import Caller, HangUp, Keys, Pause
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-ivr-"))
-    config = voice_config(tmp, args.lines, auto_answer_rings=1, tree=_menu_tree(tmp))
     names = line_names(args.lines)
+    boxes = Boxes(names, remote=not args.in_process)
+    config = voice_config(tmp, args.lines, auto_answer_rings=1, tree=_menu_tree(tmp),
+                          simulated_here=not boxes.remote)
     out: dict = {}
 
     async def main():
         async with trio.open_nursery() as n:
-            gw = await n.start(run_gateway, config)
+            gw = await n.start(partial(run_gateway, config, usb_backends=boxes.usb_backends()))
             await wait_lines(gw)
-            clocks = attach_clocks(gw, activity=True)
+            boxes.attach(gw, activity=True)
             # Each pause is off the 20 ms frame grid by a random 0-20 ms, so the keys end anywhere in a box
             # frame (the exchange simulator works in whole frames; a caller does not). One script for every
             # line: the 32 callers still press at the same moments.
@@ -90,7 +93,7 @@ def bench_ivr(args) -> dict:
             ended = gw.bus.subscribe(types={"call.ended"})
             cpu0, wall0 = time.process_time(), time.time()
             for i, name in enumerate(names):
-                gw.devices.lines[name].incoming_call(Caller(f"0391{i:06d}"), script=script, max_rings=3)
+                boxes.call(name, "incoming_call", Caller(f"0391{i:06d}"), script=script, max_rings=3)
             seen = 0
             with trio.fail_after(60 + args.presses * 3):
                 async for _ in ended:
@@ -101,10 +104,11 @@ def bench_ivr(args) -> dict:
 
             latencies: list[float] = []
             unmatched = 0
+            clocks = {name: boxes.clock(name) for name in names}
             for name in names:
-                line, clock = gw.devices.lines[name], clocks[name]
-                answered = [r.t for r in line.kinds("answered")]
-                hung = [r.t for r in line.kinds("far_end_hangup")]
+                clock = clocks[name]
+                answered = [r.t for r in boxes.call(name, "kinds", "answered")]
+                hung = [r.t for r in boxes.call(name, "kinds", "far_end_hangup")]
                 if not answered or not hung:
                     unmatched += args.presses
                     continue
@@ -126,8 +130,10 @@ def bench_ivr(args) -> dict:
                        frame_lag_max_ms=round(max(lag), 1), cpu_percent=round(100 * cpu_s / wall_s, 1))
             gw.stop.set()
 
-    trio.run(main)
-    return {"bench": "ivr_key_to_prompt", "lines": args.lines, "presses": args.presses, **out,
+    with boxes:
+        trio.run(main)
+    return {"bench": "ivr_key_to_prompt", "lines": args.lines, "presses": args.presses,
+            "boxes": "in_process" if args.in_process else "farm", **out,
             "target": "key_to_prompt p99 <= 100 ms", **machine()}
 
 
@@ -139,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lines", type=int, default=32)
     parser.add_argument("--presses", type=int, default=8)
+    parser.add_argument("--in-process", action="store_true",
+                        help="simulate the boxes in the daemon's process")
     args = parser.parse_args(argv)
     print(json.dumps(bench_ivr(args), ensure_ascii=False), flush=True)
     return 0

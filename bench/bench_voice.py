@@ -41,13 +41,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 from bench import ws_clients
 from bench.bench_sms import TOKEN, machine
 from bench.voice_harness import (
     FRAME_S,
-    attach_clocks,
+    Boxes,
     line_names,
     pct,
     summary,
@@ -63,16 +64,17 @@ def bench_screenpop(args) -> dict:
     from simulators.pstn_line import Caller
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-screenpop-"))
-    config = voice_config(tmp, args.lines)
     names = line_names(args.lines)
+    boxes = Boxes(names, remote=not args.in_process)
+    config = voice_config(tmp, args.lines, simulated_here=not boxes.remote)
     out: dict = {}
+    per_call: list[dict] = []
 
     async def main():
         async with trio.open_nursery() as n:
-            gw = await n.start(run_gateway, config)
+            gw = await n.start(partial(run_gateway, config, usb_backends=boxes.usb_backends()))
             await wait_lines(gw)
-            clocks = attach_clocks(gw)
-            pstn = gw.devices.lines
+            boxes.attach(gw)
             published: dict[str, float] = {}
             call_line: dict[str, str] = {}
 
@@ -98,7 +100,7 @@ def bench_screenpop(args) -> dict:
             for r in range(args.rounds):
                 for i, name in enumerate(names):
                     caller = Caller(f"03{r:02d}{i:06d}", cid_delay_ms=rng.uniform(0.0, 20.0))
-                    pstn[name].incoming_call(caller, max_rings=1)
+                    boxes.call(name, "incoming_call", caller, max_rings=1)
                 seen = 0
                 with trio.fail_after(40):
                     async for _ in ended:
@@ -121,32 +123,50 @@ def bench_screenpop(args) -> dict:
                 order[call_line[call_id]].append(call_id)
             missing = 0
             buffering: list[float] = []
+            details: dict[str, dict] = {}
+            clocks = {name: boxes.clock(name) for name in names}
             for name in names:
-                bursts = [rec.t for rec in pstn[name].cid_data_ends if rec.detail == "v23_ntt"]
-                for call_id, t_end in zip(order[name], bursts, strict=False):
+                bursts = [rec.t for rec in boxes.get(name, "cid_data_ends") if rec.detail == "v23_ntt"]
+                for r, (call_id, t_end) in enumerate(zip(order[name], bursts, strict=False)):
                     wall = clocks[name].wall(t_end)
                     if wall is None:
                         missing += 1
                     else:
                         last_bit[call_id] = wall
                         # Line time from the last bit to the end of its box frame (the box sends it then).
-                        frame_end = (math.floor(t_end / FRAME_S + 1e-9) + 1) * FRAME_S
-                        buffering.append((frame_end - t_end) * 1000)
+                        k = math.floor(t_end / FRAME_S + 1e-9)
+                        buffering.append(((k + 1) * FRAME_S - t_end) * 1000)
+                        details[call_id] = {"call_id": call_id, "line": name, "round": r, "last_bit": wall,
+                                            "frame_due": clocks[name].due.get(k),
+                                            "frame_read": clocks[name].read.get(k),
+                                            "published": published[call_id]}
             to_client = [(t - last_bit[c]) * 1000 for c, t, _ in arrivals if c in last_bit]
             read = [(t - last_bit[c]) * 1000 for c, _, t in arrivals if c in last_bit]
             to_bus = [(published[c] - last_bit[c]) * 1000 for c in last_bit]
+            by_round = [[(published[c] - last_bit[c]) * 1000 for name in names
+                         for c in order[name][r : r + 1] if c in last_bit] for r in range(args.rounds)]
             lag = [x for clock in clocks.values() for x in clock.lag_ms()]
+            if args.calls:  # one JSON object per call: wall times of its stages, and its clients' arrivals
+                for c, t, _ in arrivals:
+                    if c in details:
+                        details[c].setdefault("clients", []).append(t)
+                per_call.extend(details.values())
             out.update(calls=len(published), calls_expected=total, arrivals=len(arrivals),
                        arrivals_expected=total * args.clients, unmatched_bursts=missing,
                        **summary(to_client, "line_to_client"), **summary(to_bus, "line_to_bus"),
                        **summary(buffering, "box_buffering"),
+                       line_to_bus_p99_by_round_ms=[pct(x, 99) for x in by_round],
                        **summary(read, "line_to_read_by_client"),
                        frame_lag_p99_ms=pct(lag, 99), frame_lag_max_ms=round(max(lag), 1),
                        cpu_percent=round(100 * cpu_s / wall_s, 1))
             gw.stop.set()
 
-    trio.run(main)
-    return {"bench": "screen_pop", "lines": args.lines, "clients": args.clients, "rounds": args.rounds, **out,
+    with boxes:
+        trio.run(main)
+    if args.calls:
+        Path(args.calls).write_text("".join(json.dumps(d) + "\n" for d in per_call))
+    return {"bench": "screen_pop", "lines": args.lines, "clients": args.clients, "rounds": args.rounds,
+            "boxes": "in_process" if args.in_process else "farm", **out,
             "target": "line_to_client p99 <= 50 ms", **machine()}
 
 
@@ -178,19 +198,19 @@ def bench_cpu(args) -> dict:
     from simulators.signals import speech_like
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-voicecpu-"))
-    config = voice_config(tmp, args.lines, auto_answer_rings=1, record=not args.no_record,
-                          tree=_menu_tree(tmp))
     names = line_names(args.lines)
+    boxes = Boxes(names, remote=not args.in_process)
+    config = voice_config(tmp, args.lines, auto_answer_rings=1, record=not args.no_record,
+                          tree=_menu_tree(tmp), simulated_here=not boxes.remote)
     out: dict = {}
 
-    def sample(gw, clocks) -> dict:
-        return {"cpu": time.process_time(), "wall": time.time(),
-                "frames": sum(len(c.due) for c in clocks.values())}
+    def sample() -> dict:
+        return {"cpu": time.process_time(), "wall": time.time(), "frames": boxes.frames()}
 
-    def phase(gw, clocks, a: dict, b: dict, label: str) -> dict:
+    def phase(a: dict, b: dict, label: str) -> dict:
         cpu, wall = b["cpu"] - a["cpu"], b["wall"] - a["wall"]
         line_s = args.lines * wall
-        lag = [read - due for c in clocks.values() for due, read in c.timings()
+        lag = [read - due for name in names for due, read in boxes.clock(name).timings()
                if a["wall"] <= due < b["wall"]]
         lag_ms = [x * 1000 for x in lag]
         return {f"{label}_cpu_percent": round(100 * cpu / wall, 1),
@@ -203,14 +223,14 @@ def bench_cpu(args) -> dict:
 
     async def main():
         async with trio.open_nursery() as n:
-            gw = await n.start(run_gateway, config)
+            gw = await n.start(partial(run_gateway, config, usb_backends=boxes.usb_backends()))
             await wait_lines(gw)
-            clocks = attach_clocks(gw)
+            boxes.attach(gw)
             await trio.sleep(2.0)  # settle
-            a = sample(gw, clocks)
+            a = sample()
             await trio.sleep(args.seconds)
-            b = sample(gw, clocks)
-            out.update(phase(gw, clocks, a, b, "idle"))
+            b = sample()
+            out.update(phase(a, b, "idle"))
 
             # Speech synthesised once: the simulator would otherwise synthesise each Say when it starts,
             # on the box's read path, and its lag would be charged to the gateway.
@@ -218,7 +238,7 @@ def bench_cpu(args) -> dict:
             script = [Say(audio=speech)] * int(args.seconds / 2 + 30)
             answered = gw.bus.subscribe(types={"call.answered"})
             for i, name in enumerate(names):
-                gw.devices.lines[name].incoming_call(Caller(f"0390{i:06d}"), script=script, max_rings=2)
+                boxes.call(name, "incoming_call", Caller(f"0390{i:06d}"), script=script, max_rings=2)
             seen = 0
             with trio.fail_after(30):
                 async for _ in answered:
@@ -226,20 +246,23 @@ def bench_cpu(args) -> dict:
                     if seen == args.lines:
                         break
             await trio.sleep(2.0)  # the greeting plays, recordings open
-            a = sample(gw, clocks)
+            a = sample()
             await trio.sleep(args.seconds)
-            b = sample(gw, clocks)
-            out.update(phase(gw, clocks, a, b, "active"))
+            b = sample()
+            out.update(phase(a, b, "active"))
             voice = gw.services.voice
             active = sum(1 for c in voice.active_calls() if c.state == "connected")
-            boxes = [voice.lines[name].device.box for name in names]
+            box_drivers = [voice.lines[name].device.box for name in names]
             out.update(calls_connected_at_end=active,
-                       driver_audio_dropped=sum(b.audio_dropped for b in boxes),
-                       sequence_gaps_resyncs=sum(len(getattr(b._session, "notes", []) or []) for b in boxes))
+                       driver_audio_dropped=sum(b.audio_dropped for b in box_drivers),
+                       sequence_gaps_resyncs=sum(len(getattr(b._session, "notes", []) or [])
+                                                 for b in box_drivers))
             gw.stop.set()
 
-    trio.run(main)
+    with boxes:
+        trio.run(main)
     return {"bench": "voice_cpu", "lines": args.lines, "seconds": args.seconds, "record": not args.no_record,
+            "boxes": "in_process" if args.in_process else "farm",
             **out, "target": "32 lines in real time on 2 cores (no lag growth, no drops)", **machine()}
 
 
@@ -254,10 +277,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lines", type=int, default=32)
     p.add_argument("--clients", type=int, default=100)
     p.add_argument("--rounds", type=int, default=4)
+    p.add_argument("--in-process", action="store_true", help="simulate the boxes in the daemon's process")
+    p.add_argument("--calls", metavar="FILE", help="write each call's stage times (JSON lines) to FILE")
     p = sub.add_parser("cpu")
     p.add_argument("--lines", type=int, default=32)
     p.add_argument("--seconds", type=float, default=20.0)
     p.add_argument("--no-record", action="store_true")
+    p.add_argument("--in-process", action="store_true", help="simulate the boxes in the daemon's process")
     args = parser.parse_args(argv)
     fn = {"screenpop": bench_screenpop, "cpu": bench_cpu}
     print(json.dumps(fn[args.which](args), ensure_ascii=False), flush=True)

@@ -36,7 +36,8 @@ def line_names(count: int) -> list[str]:
 
 
 def voice_config(tmp: Path, lines: int, *, auto_answer_rings: int | None = None, record: bool = False,
-                 tree: Path | None = None, ring_gap_s: float = 3.0, country: str = "jp"):
+                 tree: Path | None = None, ring_gap_s: float = 3.0, country: str = "jp",
+                 simulated_here: bool = True):
     """The daemon's config: ``lines`` usb_box lines, each on its own simulated box and PSTN line."""
     from gateway.config import Config
 
@@ -47,7 +48,7 @@ def voice_config(tmp: Path, lines: int, *, auto_answer_rings: int | None = None,
         "gateway": {"data_dir": str(tmp)},
         "api": {"port": 0, "tokens": [{"name": "b", "hash": TOKEN_HASH, "scopes": ["admin"]}]},
         "voice": {"lines": voice_lines, "ring_gap_s": ring_gap_s, "recordings_dir": str(tmp / "rec")},
-        "simulators": {"voice_lines": [{"line": n, "country": country} for n in names]},
+        "simulators": {"voice_lines": [{"line": n, "country": country} for n in names if simulated_here]},
         "logging": {"level": "warning"},
     }
     if tree is not None:
@@ -57,41 +58,15 @@ def voice_config(tmp: Path, lines: int, *, auto_answer_rings: int | None = None,
 
 
 @dataclass
-class FrameClock:
-    """Per-frame timing of one simulated box (see the module docstring). With ``activity``, also the last
-    sound sample of each frame the exchange sent (caller-ID bursts, the caller's DTMF)."""
+class FrameTimes:
+    """Per-frame timing of one simulated box (see the module docstring): due and read wall times of each
+    frame, the last sound sample of each frame the exchange sent (caller-ID bursts, the caller's DTMF), and
+    the OUT audio packets with their arrival times."""
 
-    box: Any  # simulators.usb_box.VoiceBox
-    activity: bool = False
     due: dict[int, float] = field(default_factory=dict)  # frame number -> due time (wall)
     read: dict[int, float] = field(default_factory=dict)  # frame number -> read time (wall)
     last_sound: dict[int, int] = field(default_factory=dict)  # frame number -> index of its last sound sample
     out: list[tuple[float, np.ndarray]] = field(default_factory=list)  # OUT audio packets: (arrival, pcm)
-
-    def __post_init__(self) -> None:
-        self._offset = time.time() - time.monotonic()
-        step, receive = self.box.line.step, self.box.receive
-
-        def timed_step(upstream=None):
-            now = time.monotonic()
-            frame = step(upstream)
-            k = int(round(frame.t / FRAME_S))
-            due = self.box._due if self.box._due is not None else now
-            self.due[k], self.read[k] = due + self._offset, now + self._offset
-            if self.activity:
-                loud = np.flatnonzero(np.abs(frame.audio) > SILENCE)
-                if loud.size:
-                    self.last_sound[k] = int(loud[-1])
-            return frame
-
-        def timed_receive(data: bytes) -> None:
-            before = len(self.box.host_audio)
-            receive(data)
-            if len(self.box.host_audio) > before:
-                self.out.append((time.time(), self.box.host_audio[-1]))
-
-        self.box.line.step = timed_step  # instance attributes: the simulator's code is untouched
-        self.box.receive = timed_receive
 
     def wall(self, t: float) -> float | None:
         """Wall time at which line time ``t`` happened on a real box with this frame clock."""
@@ -119,6 +94,127 @@ class FrameClock:
     def lag_ms(self) -> list[float]:
         """Host lag per frame: read time minus due time (ms)."""
         return [(read - due) * 1000 for due, read in self.timings()]
+
+
+class FrameClock(FrameTimes):
+    """Records :class:`FrameTimes` of ``box`` (a ``simulators.usb_box.VoiceBox``) by wrapping its line's
+    ``step`` and its ``receive`` (instance attributes: the simulator's code is untouched)."""
+
+    def __init__(self, box: Any, activity: bool = False) -> None:
+        super().__init__()
+        self.box, self.activity = box, activity
+        self._offset = time.time() - time.monotonic()
+        step, receive = box.line.step, box.receive
+
+        def timed_step(upstream=None):
+            now = time.monotonic()
+            frame = step(upstream)
+            k = int(round(frame.t / FRAME_S))
+            due = box._due if box._due is not None else now
+            self.due[k], self.read[k] = due + self._offset, now + self._offset
+            if self.activity:
+                loud = np.flatnonzero(np.abs(frame.audio) > SILENCE)
+                if loud.size:
+                    self.last_sound[k] = int(loud[-1])
+            return frame
+
+        def timed_receive(data: bytes) -> None:
+            before = len(box.host_audio)
+            receive(data)
+            if len(box.host_audio) > before:
+                self.out.append((time.time(), box.host_audio[-1].astype(np.float32)))
+
+        box.line.step = timed_step
+        box.receive = timed_receive
+
+    def snapshot(self) -> FrameTimes:
+        return FrameTimes(self.due.copy(), self.read.copy(), self.last_sound.copy(), list(self.out))
+
+    def frames(self) -> int:
+        return len(self.due)
+
+
+def instrument(backends: dict[str, Any], objects: dict[str, Any]) -> None:
+    """The box farm's setup hook (``simulators.usb_remote --setup bench.voice_harness:instrument``): a
+    frame clock on every box, reachable as ``clock:NAME``."""
+    for name, backend in backends.items():
+        objects[f"clock:{name}"] = FrameClock(backend.box, activity=True)
+
+
+class Boxes:
+    """The simulated boxes and exchange lines of a benchmark, wherever they run: in the daemon's process
+    (``--in-process``: ``run_gateway`` builds them from ``config.simulators``) or in a box farm process
+    (the default, ``simulators/usb_remote.py``), which is how a real box loads the host: its frames cost the
+    gateway's process nothing until they are read."""
+
+    def __init__(self, names: list[str], *, remote: bool, country: str = "jp") -> None:
+        self.names, self.remote, self.country = names, remote, country
+        self._proc: Any = None
+        self._control: Any = None
+        self._gw: Any = None
+        self._clocks: dict[str, FrameClock] = {}
+        self._backends: dict[str, Any] = {}
+
+    def __enter__(self) -> Boxes:
+        if self.remote:
+            import subprocess
+            import sys
+            import tempfile
+
+            from simulators.usb_remote import FarmControl, RemoteUsbBackend
+
+            path = str(Path(tempfile.mkdtemp(prefix="hcrm-farm-")) / "boxes.sock")
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "simulators.usb_remote", "--socket", path,
+                 "--lines", ",".join(self.names), "--country", self.country,
+                 "--setup", "bench.voice_harness:instrument"],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=Path(__file__).resolve().parents[1])
+            if self._proc.stdout.readline().strip() != b"READY":
+                raise RuntimeError("the box farm did not start")
+            self._control = FarmControl(path)
+            self._backends = {name: RemoteUsbBackend(path, name) for name in self.names}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._proc is not None:
+            for backend in self._backends.values():
+                backend.close()
+            self._control.close()
+            self._proc.stdin.close()
+            self._proc.wait(timeout=10)
+
+    def usb_backends(self) -> dict[str, Any]:
+        """For ``run_gateway(..., usb_backends=...)`` (empty in process: the daemon builds its own)."""
+        return dict(self._backends)
+
+    def attach(self, gw, *, activity: bool = False) -> None:
+        """Once the daemon runs: frame clocks on the in-process boxes (the farm's are on from the start)."""
+        self._gw = gw
+        if not self.remote:
+            self._clocks = {name: FrameClock(backend.box, activity=activity)
+                            for name, backend in gw.devices.usb_backends.items()}
+
+    def call(self, name: str, method: str, *args: Any, **kwargs: Any) -> Any:
+        """``method`` of line ``name``'s exchange simulator (a PstnLine)."""
+        if self.remote:
+            return self._control.call(f"line:{name}", method, *args, **kwargs)
+        return getattr(self._gw.devices.lines[name], method)(*args, **kwargs)
+
+    def get(self, name: str, attr: str) -> Any:
+        if self.remote:
+            return self._control.get(f"line:{name}", attr)
+        return getattr(self._gw.devices.lines[name], attr)
+
+    def clock(self, name: str) -> FrameTimes:
+        if self.remote:
+            return self._control.call(f"clock:{name}", "snapshot")
+        return self._clocks[name].snapshot()
+
+    def frames(self) -> int:
+        """Frames read so far, every box."""
+        if self.remote:
+            return sum(self._control.call(f"clock:{n}", "frames") for n in self.names)
+        return sum(c.frames() for c in self._clocks.values())
 
 
 def pct(values: list[float], q: float) -> float | None:
@@ -150,11 +246,6 @@ async def wait_lines(gw, state: str = "idle", within: float = 30.0) -> None:
         async for _ in sub:
             if all(v["state"] == state for v in voice.line_views()):
                 return
-
-
-def attach_clocks(gw, *, activity: bool = False) -> dict[str, FrameClock]:
-    return {name: FrameClock(backend.box, activity=activity)
-            for name, backend in gw.devices.usb_backends.items()}
 
 
 def cpu_seconds() -> float:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import gc
 import signal
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -136,11 +136,14 @@ def _line_devices(config: Config, sims: SimulatedDevices, watch: Any) -> dict[st
 
 
 async def run_gateway(config: Config, *, task_status=trio.TASK_STATUS_IGNORED,
-                      stop: trio.Event | None = None, extra_routes: Sequence[Any] = ()) -> None:
+                      stop: trio.Event | None = None, extra_routes: Sequence[Any] = (),
+                      usb_backends: Mapping[str, Any] | None = None) -> None:
     """Run until ``stop`` is set (or the task is cancelled); ``task_status.started(Gateway)`` once serving.
 
     ``extra_routes``: callables ``(gateway) -> route module`` (an object with ``blueprint`` and
-    ``OPENAPI_OPERATIONS``), for routes that exist only in a given composition, such as the demo's."""
+    ``OPENAPI_OPERATIONS``), for routes that exist only in a given composition, such as the demo's.
+    ``usb_backends``: pyusb backends by usb_box line name, for a harness that brings its own simulated boxes
+    (the benchmarks' out-of-process box farm, ``simulators/usb_remote.py``)."""
     import httpx
 
     from api.app import create_app
@@ -166,6 +169,7 @@ async def run_gateway(config: Config, *, task_status=trio.TASK_STATUS_IGNORED,
         watch = DeviceWatch()
         await root.start(watch.run)
         sims = await _start_simulators(config, root)
+        sims.usb_backends.update(usb_backends or {})
         store = await SqliteStore.open(config.resolve(config.store.path),
                                        synchronous=config.store.synchronous)
         http = httpx.AsyncClient(timeout=10.0)  # contact lookups and IVR webhooks
