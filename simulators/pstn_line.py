@@ -43,6 +43,7 @@ DISCONNECT_S = 0.5  # an on-hook shorter than this is a hook flash, longer is a 
 ACTIVE_DBM0 = -40.0  # upstream frames louder than this count as the subscriber sending (digits, voice)
 
 CidStandard = Literal["bell202", "v23_etsi", "v23_ntt", "dtmf", "none"]
+CID_STANDARDS = frozenset({"bell202", "v23_etsi", "v23_ntt", "dtmf"})  # those with a signal
 Outcome = Literal["answer", "busy", "congestion", "no_answer"]
 
 
@@ -214,6 +215,7 @@ class PstnLine:
         self.noise_dbm0 = noise_dbm0
         self._rng = np.random.default_rng(seed)
         self._lock = threading.RLock()
+        self._cid_ready: dict[tuple[Caller, str], tuple[np.ndarray, float | None]] = {}  # synthesised ahead
         self._frame = 0
         self._off_hook = False
         self._on_hook_since = 0
@@ -339,8 +341,14 @@ class PstnLine:
 
     # ---------------------------------------------------------------------------- exchange side
     def incoming_call(self, caller: Caller, *, script: Sequence[Action] = (), max_rings: int = 8) -> None:
-        """Start ringing now (queued behind a call in progress). ``script`` runs once it is answered."""
+        """Start ringing now (queued behind a call in progress). ``script`` runs once it is answered.
+        The caller-ID signal is synthesised here, by the caller's thread, not when the line is stepped (on
+        a simulated box's read path, which a benchmark charges to the gateway)."""
+        standard = caller.cid or self.plan.cid
+        signal = self._cid_signal(caller, standard) if standard in CID_STANDARDS else None
         with self._lock:
+            if signal is not None:
+                self._cid_ready[(caller, standard)] = signal
             self._start(self._incoming_call(caller, tuple(script), max_rings))
 
     def expect_outgoing(
@@ -466,7 +474,8 @@ class PstnLine:
     def _play_cid(self, caller: Caller, standard: str, until: Callable[[], bool] | None = None):
         """Play a caller-ID signal; for FSK, note in ``cid_data_ends`` when its last data bit is on the line
         (exact line time, for latency measurements; noted when queued, whether or not it is all sent)."""
-        signal, data_end_s = self._cid_signal(caller, standard)
+        ready = self._cid_ready.pop((caller, standard), None)
+        signal, data_end_s = ready if ready is not None else self._cid_signal(caller, standard)
         self._cid_burst_s = signal.size / RATE
         if data_end_s is not None:  # queued now: mixed from this frame's first sample
             end = round(self.t + data_end_s, 6)
