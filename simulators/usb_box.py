@@ -3,8 +3,9 @@
 ``usb.core.find(idVendor=0x1D50, idProduct=0x6120, backend=UsbBoxBackend(box))`` returns an ordinary
 pyusb ``Device``: one configuration, one vendor-specific interface, bulk IN 0x81 (a line frame per
 read: status flags + 20 ms of 8 kHz s16 PCM heard on the line) and bulk OUT 0x02 (audio to send and
-commands: hook, flash, dial, ring the handset port, route).  Frame layout: ``docs/usb-box-protocol.md``;
-the packing below is written from that document, not shared with the driver's codec.
+commands: hook, flash, dial, ring the handset port, route, frame phase).  Frame layout:
+``docs/usb-box-protocol.md``; the packing below is written from that document, not shared with the
+driver's codec.
 
 The box's sample clock is the host's reads: each IN transfer advances the line by one frame, so a test
 runs as fast as the driver reads (``paced=True`` holds each read until its frame is due in real time).
@@ -34,6 +35,7 @@ from simulators.signals import dtmf_sequence, silence
 VENDOR_ID = 0x1D50  # OpenMoko's community vendor id, used by open hardware projects
 PRODUCT_ID = 0x6120
 EP_IN, EP_OUT = 0x81, 0x02
+PREPARE_S = 0.005  # a paced box builds its next frame this long before it is due (see VoiceBox.pace)
 _IN_HEAD = struct.Struct("<2sBBHHHH")  # "HV", version, type 0x01, seq, flags, samples, ack
 _OUT_HEAD = struct.Struct("<2sBBHH")  # "HC", version, type (0x02 audio, 0x03 command), seq, length
 _BITS = {
@@ -67,6 +69,9 @@ class VoiceBox:
     _flash_frames: int = 0
     _drop: int = 0
     _due: float | None = None
+    _shift: int = 0  # FRAME_PHASE: samples to add to the next IN frame
+    _captured: np.ndarray = field(default_factory=lambda: np.zeros(0))  # line audio not yet in an IN frame
+    delivered: int = 0  # line samples sent (or dropped) in IN frames so far: the end of the last one
     last_frame: LineFrame | None = None
 
     def drop_frames(self, count: int) -> None:
@@ -120,30 +125,58 @@ class VoiceBox:
         elif op == 0x05:
             self.route_headset = bool(args[0])
             self.commands.append(("route", "headset" if self.route_headset else "line"))
+        elif op == 0x06 and len(args) == 2:
+            shift = struct.unpack("<h", args)[0]
+            if not -FRAME < shift < FRAME or shift == 0:
+                raise usb.core.USBError(f"Pipe error (frame phase shift {shift})", -9, errno.EPIPE)
+            self.commands.append(("frame_phase", shift))
+            self._shift = shift
         else:
             raise usb.core.USBError(f"Pipe error (unknown command 0x{op:02X})", -9, errno.EPIPE)
 
     # -- IN endpoint
     def pace(self) -> None:
-        """With ``paced``, block until the next frame is due (a real box's 20 ms frame clock)."""
+        """With ``paced``, block until the next frame may be built: ``PREPARE_S`` before it is due, i.e.
+        before its last sample is captured on the box's own frame clock (20 ms frames; a FRAME_PHASE shift
+        makes the next one longer or shorter). The simulation builds the frame ahead (so that 32 boxes
+        simulated by one process are not late when their frames are due together), then ``release``
+        holds it until it is due. A command that arrives in those last milliseconds acts on the next
+        frame, as in a box whose commands take a few milliseconds."""
         if self.paced:
             now = time.monotonic()
-            self._due = now if self._due is None else self._due + FRAME_S
+            self._due = now if self._due is None else self._due + (FRAME + self._shift) * FRAME_S / FRAME
+            if self._due - PREPARE_S > now:
+                time.sleep(self._due - PREPARE_S - now)
+
+    def release(self) -> None:
+        """With ``paced``, block until the frame built by ``next_frame`` is due."""
+        if self.paced and self._due is not None:
+            now = time.monotonic()
             if self._due > now:
                 time.sleep(self._due - now)
 
-    def next_frame(self) -> bytes:
-        lost = 0
-        while True:
+    def _capture(self, n: int) -> np.ndarray:
+        """The next ``n`` samples heard on the line (the line runs in 20 ms steps; a shifted frame leaves
+        the rest of a step for the next frame)."""
+        while self._captured.size < n:
             frame = self.line.step(self._upstream())
             self._tick_flash()
-            if not self._drop:
-                break
+            self.last_frame = frame
+            self._captured = np.concatenate((self._captured, frame.audio))
+        out, self._captured = self._captured[:n], self._captured[n:]
+        self.delivered += n
+        return out
+
+    def next_frame(self) -> bytes:
+        n, self._shift = FRAME + self._shift, 0
+        lost = 0
+        while self._drop:
             self._drop -= 1
             lost += 1
+            self._capture(FRAME)
+        audio = self._capture(n)
         self.seq = (self.seq + lost) % 65536
-        self.last_frame = frame
-        st = frame.state
+        st = self.last_frame.state
         flags = {
             "off_hook": self.off_hook, "ring": st.ringing, "polarity_reversed": st.polarity < 0,
             "loop_current": st.loop_current, "handset_off_hook": self.handset_off_hook,
@@ -151,7 +184,7 @@ class VoiceBox:
             "overrun": lost > 0, "handset_ringing": self.handset_ringing,
         }
         word = sum(1 << _BITS[k] for k, v in flags.items() if v)
-        pcm = np.clip(np.round(frame.audio * 32767.0), -32768, 32767).astype("<i2")
+        pcm = np.clip(np.round(audio * 32767.0), -32768, 32767).astype("<i2")
         out = _IN_HEAD.pack(b"HV", 1, 0x01, self.seq, word, pcm.size, self.ack) + pcm.tobytes()
         self.seq = (self.seq + 1) % 65536
         return out
@@ -180,6 +213,9 @@ class VoiceBox:
         self._flash_frames = 0
         self.seq = self.ack = 0
         self._due = None
+        self._shift = 0
+        self.delivered += self._captured.size  # heard by the box, never sent: lost with its power
+        self._captured = np.zeros(0)
 
 
 def _desc(**fields) -> SimpleNamespace:
@@ -322,6 +358,7 @@ class UsbBoxBackend(usb.backend.IBackend):
                 raise usb.core.USBError(f"Pipe error (endpoint 0x{ep:02X} is not IN)", -9, errno.EPIPE)
             frame = self.box.next_frame()
             self.transfers += 1
+        self.box.release()
         if len(frame) > len(buff):
             raise usb.core.USBError("Overflow (buffer smaller than the frame)", -8, errno.EOVERFLOW)
         buff[: len(frame)] = array.array("B", frame)

@@ -84,6 +84,10 @@ __all__ = ["Analysis", "SharedLine", "SharedLineDsp"]
 CREEP = 0.001  # s per s: how fast a line's phase estimate may move later (crystals drift 50 us/s)
 WAITED_S = 0.002  # a read that blocked this long shows the box's timing (a buffered frame returns sooner)
 ESTIMATE_FRAMES = 2  # frames of a line seen before its phase is trusted enough to place it
+MIN_SHIFT_S = 0.0005  # a box off the common phase by less than this is not asked to move
+REALIGN_S = 0.001  # an idle placed line off the common phase by more than this is moved back onto it
+SHIFT_ESTIMATE_FRAMES = 10  # frames of a line seen before its box is asked to move (its phase settles)
+SHIFT_WAIT_FRAMES = 10  # frames after a phase shift was asked for, before the line is placed without it
 JITTER_S = 0.005  # a box may deliver this much later than its frame clock (USB scheduling)
 BACKLOG_FRAMES = 8  # more than a box buffers (100 ms): reads that never wait are an unpaced box's
 CHECK_BATCHES = 50  # a cohort checks its spread once a second (20 ms frames)
@@ -147,6 +151,13 @@ class SharedLine:
         self._behind = 0  # consecutive arrivals faster than the box's frame rate: reading a backlog
         self._last_e = math.inf  # the epoch shown by the last arrival
         self._was_placed = False  # it has had a channel
+        # Frame phase (see "Aligned boxes" in the module docstring): set by the driver when its box can move
+        # its frame boundaries; the shift asked for, and whether the line waits for it to show.
+        self.can_shift_phase = False
+        self._shift_asked: int | None = None  # None: not decided yet; 0: none needed (or given up)
+        self._shift_sent = False
+        self._shift_wait = 0  # frames seen since the shift was sent
+        self._reseat = False  # its box moved while it had a channel: its pairing is stale
         # Where the current channel started (bank clock, first line sample fed, silence before it).
         self._seat_clock = self._seat_start = self._seat_lead_in = 0
         self.movable = False  # set by the driver: idle line (on hook, not ringing), may change cohort
@@ -229,9 +240,22 @@ class SharedLine:
         steady = abs(e - self._last_e) <= JITTER_S
         self._behind = 0 if steady else self._behind + 1
         self._last_e = e
+        if self._shift_sent and self._shift_asked:
+            frame = round(self._dsp.frame_s * self.sample_rate)
+            self._shift_wait += 1
+            if size == frame + self._shift_asked or self._shift_wait > SHIFT_WAIT_FRAMES:
+                self._shift_asked = 0  # the box moved (its longer or shorter frame is in), or it never will
+                self._reseat = self._cohort is not None  # placed: pair it anew (SharedLineDsp._submitted)
 
-    @property
-    def _placeable(self) -> bool:
+    def take_phase_shift(self) -> int:
+        """For the driver, after each frame: samples by which its box should move its frame boundaries
+        (``FramePhase``), once; 0 for nothing to do."""
+        if self._shift_asked and not self._shift_sent:
+            self._shift_sent = True
+            return self._shift_asked
+        return 0
+
+    def _ready_to_place(self) -> bool:
         """Its phase can be trusted: seen for a few frames, and not reading a backlog.  A reader behind its
         box (a daemon busy starting up) reads frames that waited there, so their arrivals are late; paired
         on them, the line would be analysed that much late and, its reads gated by its cohort's batches,
@@ -245,7 +269,20 @@ class SharedLine:
         losing nothing."""
         if self._seen < ESTIMATE_FRAMES:
             return False
-        return self._was_placed or not 0 < self._behind < BACKLOG_FRAMES
+        if self._was_placed:
+            return True
+        if 0 < self._behind < BACKLOG_FRAMES:
+            return False
+        if self._shift_asked is None:
+            if self.can_shift_phase and not self._behind and self._seen < SHIFT_ESTIMATE_FRAMES:
+                return False  # a few more frames for a good phase estimate first
+            self._dsp._decide_shift(self)
+        return not self._shift_asked
+
+    @property
+    def _boundary(self) -> float:
+        """When its last frame was complete in the box (estimate, trio time): its frames' phase."""
+        return self._epoch + self._received / self.sample_rate
 
     def _next_arrival(self, frame: int) -> float:
         """When the frame after the audio consumed and queued so far is expected (trio time)."""
@@ -331,10 +368,44 @@ class SharedLineDsp:
         self.moves = 0  # drifted lines moved to a better phase group
         self.joins = 0  # lines placed on a free channel of a running cohort
         self.cohorts_formed = 0
+        self.phase_shifts = 0  # boxes asked to move their frame boundaries to the common phase
+        self._phase_ref: float | None = None  # the common phase: a line epoch (trio time), modulo frame_s
 
     @property
     def cohorts(self) -> int:
         return len(self._cohorts)
+
+    def _phase_off(self, line: SharedLine) -> float:
+        """How far the line's frame boundaries are from the common phase (s, -frame/2 .. frame/2]: positive
+        means they come earlier than the common phase (a shift by that much moves them onto it)."""
+        boundary = line._boundary
+        if self._phase_ref is None:
+            self._phase_ref = boundary
+        period = self.frame_s
+        delta = (self._phase_ref - boundary) % period
+        return delta - period if delta > period / 2 else delta
+
+    def _ask_shift(self, line: SharedLine) -> bool:
+        """Ask the line's box (through its driver: ``take_phase_shift``) to move its frame boundaries onto
+        the common phase; False when it is close enough already or cannot move."""
+        if not line.can_shift_phase:
+            return False
+        delta = self._phase_off(line)
+        shift = round(delta * line.sample_rate)
+        frame = round(self.frame_s * line.sample_rate)
+        if abs(delta) < MIN_SHIFT_S or not -frame < shift < frame:
+            return False
+        line._shift_asked, line._shift_sent, line._shift_wait = shift, False, 0
+        self.phase_shifts += 1
+        return True
+
+    def _decide_shift(self, line: SharedLine) -> None:
+        """Before a line is first placed: the first line whose phase is known sets the common phase, every
+        later one whose box can move is asked to move onto it (at most half a frame either way)."""
+        line._shift_asked = 0
+        if line._behind or line._seen < SHIFT_ESTIMATE_FRAMES:  # (reads that never settle: not paced)
+            return
+        self._ask_shift(line)
 
     def line(self, *, tones: str = "jp", cid: str | None = "auto", sample_rate: int = 8000) -> SharedLine:
         key = (tones, cid, sample_rate)
@@ -350,10 +421,18 @@ class SharedLineDsp:
             line._skip -= k
             line._consume(k)
         if line._cohort is not None:
-            self._run_ready(line._cohort)
+            cohort = line._cohort
+            if line._reseat:
+                line._reseat = False
+                if line.movable and cohort.bank.quiet_channels()[line._channel]:
+                    self._move(cohort, line._channel)
+                    self._run_ready(cohort)  # it may have waited only for this line
+                    cohort = line._cohort
+            if cohort is not None:
+                self._run_ready(cohort)
             return
         forming = self._forming.get(line.key)
-        if line._placeable and self._join_running(line, lossy=line.movable):
+        if line._ready_to_place() and self._join_running(line, lossy=line.movable):
             if forming is not None and line in forming.lines:
                 forming.lines.remove(line)
                 if not forming.lines:
@@ -364,7 +443,7 @@ class SharedLineDsp:
         if line not in forming.lines:
             forming.lines.append(line)
         everyone = len(forming.lines) == len(self._unplaced[line.key])
-        estimated = all(ln._placeable for ln in forming.lines)
+        estimated = all(ln._ready_to_place() for ln in forming.lines)
         if (everyone and estimated) or trio.current_time() >= forming.deadline:
             self._form(forming)  # every registered line is streaming, or the others are too late
         elif line._pending:  # warm-up: this audio is not analysed, the line's clock moves on
@@ -558,15 +637,43 @@ class SharedLineDsp:
         for j in np.argsort(-np.abs(epochs - centre)):
             ch, line = live[int(j)]
             if line.movable and quiet[ch] and line._lead_in == 0:
-                self._retire(cohort, ch)
-                self.moves += 1
-                if not self._join_running(line, lossy=True):
-                    forming = self._forming.get(line.key)
-                    if forming is not None:  # placed with the lines forming now
-                        forming.lines.append(line)
-                    else:  # a cohort of its own, at once (its phase is known)
-                        self._form(_Forming(line.key, [line], trio.current_time()))
+                self._move(cohort, ch)
                 return
+
+    def _move(self, cohort: _Cohort, ch: int) -> None:
+        """Seat an idle line (quiet channel) anew where its phase fits now: a running cohort's free channel,
+        the lines forming now, or a cohort of its own."""
+        line = cohort.members[ch]
+        self._retire(cohort, ch)
+        self.moves += 1
+        if not self._join_running(line, lossy=True):
+            forming = self._forming.get(line.key)
+            if forming is not None:  # placed with the lines forming now
+                forming.lines.append(line)
+            else:  # a cohort of its own, at once (its phase is known)
+                self._form(_Forming(line.key, [line], trio.current_time()))
+        if not cohort.live() and cohort in self._cohorts:
+            self._cohorts.remove(cohort)
+
+    def _realign(self, cohort: _Cohort) -> None:
+        """Idle members whose boxes are off the common phase (a box that drifts, one placed before it
+        could be moved) are asked to move back onto it; each is seated anew once its box has. The common
+        phase follows the cohort's (its members' median), so that a bias shared by every estimate (the
+        host's read latency) moves nobody."""
+        live = cohort.live()
+        if len(live) < 2:
+            return
+        period = self.frame_s
+        ref = live[0][1]._boundary if self._phase_ref is None else self._phase_ref
+        offs = [((line._boundary - ref + period / 2) % period) - period / 2 for _, line in live]
+        self._phase_ref = ref + float(np.median(offs))
+        quiet = None
+        for ch, line in live:
+            if (line.movable and line.can_shift_phase and not line._shift_asked and not line._reseat
+                    and line._lead_in == 0 and abs(self._phase_off(line)) > REALIGN_S):
+                quiet = cohort.bank.quiet_channels() if quiet is None else quiet
+                if quiet[ch]:
+                    self._ask_shift(line)
 
     def _run_ready(self, cohort: _Cohort) -> None:
         """Feed the bank while every live member has audio queued: one lockstep batch each time."""
@@ -592,4 +699,5 @@ class SharedLineDsp:
             for ch, m in live:
                 m._deliver(per[ch])
             if cohort.batches % CHECK_BATCHES == 0:
+                self._realign(cohort)
                 self._check_spread(cohort)

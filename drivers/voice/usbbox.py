@@ -30,6 +30,7 @@ and the session it returns has::
     def encode(self, command: Command) -> bytes | None     # pure; None = the box cannot do it
     def encode_audio(self, pcm: np.ndarray) -> bytes | None
     def close(self) -> None
+    can_shift_phase: bool                       # optional: the box takes FramePhase (moves its frames)
 
 ``parse`` turns the box's own bytes into the three driver inputs below, so a HID box (status in
 interrupt reports on one stream, audio on another) needs a profile, never a new driver.  A
@@ -68,6 +69,7 @@ from drivers.voice.usbbox_protocol import (
     Command,
     Dial,
     Flash,
+    FramePhase,
     Hook,
     InboundDecoder,
     InFrame,
@@ -289,6 +291,7 @@ class OpenBoxProfile:
 class _OpenBoxSession:
     streams = ("line",)
     frame_samples = 160  # 20 ms frames at 8 kHz: what a sequence gap costs in line time
+    can_shift_phase = True  # FRAME_PHASE: the shared DSP lines up the boxes' frames (usb-box-protocol.md)
 
     def __init__(self, profile: OpenBoxProfile, device) -> None:
         self.profile = profile
@@ -461,6 +464,8 @@ class UsbVoiceBox:
         if self.dsp is not None and self._dsp_line is None:  # replugged: a fresh channel
             opts = self._monitor_options
             self._dsp_line = self.dsp.line(tones=opts["tones"], cid=opts["cid"])
+        if self._dsp_line is not None:
+            self._dsp_line.can_shift_phase = getattr(session, "can_shift_phase", False)
         self._session, self.state = session, "ready"
         serial = await trio.to_thread.run_sync(self._serial_of, device)
         self._log.info("usb_box_ready", serial=serial, profile=self.profile.name)
@@ -518,6 +523,9 @@ class UsbVoiceBox:
             x = LineMonitor.audio_of(item)
             if x is not None:
                 events = await self._dsp_line.analyse(x, read_started=read_started)
+                shift = self._dsp_line.take_phase_shift()
+                if shift:  # before the next read: the box's next frame is the longer or shorter one
+                    await self._command_on(session, FramePhase(shift), lost, scope)
         outputs = self.monitor.feed(item, events)
         if self._dsp_line is not None:
             self._dsp_line.movable = self.monitor.idle

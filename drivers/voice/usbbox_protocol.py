@@ -72,6 +72,8 @@ _KNOWN_FLAGS = sum(FLAG.values())
 
 # Command opcodes (OUT type 0x03).
 OP_HOOK, OP_FLASH, OP_DIAL, OP_RING_HANDSET, OP_ROUTE = 0x01, 0x02, 0x03, 0x04, 0x05
+OP_FRAME_PHASE = 0x06
+FRAME_SAMPLES = 160  # a line frame: 20 ms at 8 kHz
 DIAL_CHARS = frozenset("0123456789*#ABCD,")  # ',' = pause of one second (Hayes dial-string habit)
 
 
@@ -267,7 +269,21 @@ class Route:
     target: Literal["line", "headset"]
 
 
-Command = Hook | Flash | Dial | RingHandset | Route
+@dataclass(frozen=True, slots=True)
+class FramePhase:
+    """Move the box's frame boundaries by ``shift`` samples: its next IN frame carries 160 + ``shift``
+    samples (later frames 160 again), so every later frame leaves the box ``shift`` / 8 ms later (earlier
+    if negative). No sample is lost or repeated: the host lines up the frames of all its boxes (see
+    docs/usb-box-protocol.md, "Frame phase")."""
+
+    shift: int
+
+    def __post_init__(self) -> None:
+        if not (-FRAME_SAMPLES < self.shift < FRAME_SAMPLES) or self.shift == 0:
+            raise ValueError(f"a frame phase shift is -159..159 samples and not 0, got {self.shift}")
+
+
+Command = Hook | Flash | Dial | RingHandset | Route | FramePhase
 
 
 def _command_payload(cmd: Command) -> bytes:
@@ -283,6 +299,8 @@ def _command_payload(cmd: Command) -> bytes:
         return bytes((OP_RING_HANDSET, int(cmd.on)))
     if isinstance(cmd, Route):
         return bytes((OP_ROUTE, {"line": 0, "headset": 1}[cmd.target]))
+    if isinstance(cmd, FramePhase):
+        return struct.pack("<Bh", OP_FRAME_PHASE, cmd.shift)
     raise TypeError(f"not a box command: {cmd!r}")
 
 
@@ -344,6 +362,8 @@ def decode_out_packet(data: bytes) -> OutPacket:
             return OutPacket(seq, RingHandset(bool(args[0])), None)
         if op == OP_ROUTE and len(args) == 1 and args[0] in (0, 1):
             return OutPacket(seq, Route("headset" if args[0] else "line"), None)
+        if op == OP_FRAME_PHASE and len(args) == 2:
+            return OutPacket(seq, FramePhase(struct.unpack("<h", args)[0]), None)
     except (ValueError, UnicodeDecodeError) as exc:
         raise FrameError(f"OUT command 0x{op:02X}: {exc}") from None
     raise FrameError(f"OUT command opcode 0x{op:02X} with {len(args)} argument bytes is not known")

@@ -430,3 +430,70 @@ def test_line_monitor_idle_is_on_hook_and_not_ringing_for_a_while():
     assert monitor.idle
     monitor.feed(StatusReport(LineStatus(off_hook=True)))
     assert not monitor.idle
+
+
+async def _shifting_box(line: SharedLine, x: np.ndarray, start: float, out: list, waits: list,
+                        sizes: list) -> None:
+    """A paced box that takes FRAME_PHASE: its frames end at ``start`` + (samples so far) / 8000, and one
+    frame is longer or shorter by the shift the DSP asked for (``take_phase_shift``) after the one before."""
+    pos, shift = 0, 0
+    while pos + FRAME + shift <= x.size:
+        n, shift = FRAME + shift, 0
+        read_started = trio.current_time()
+        await trio.sleep_until(start + (pos + n) / 8000)
+        t0 = trio.current_time()
+        out.extend(await line.analyse(x[pos : pos + n], read_started=read_started))
+        waits.append(trio.current_time() - t0)
+        sizes.append(n)
+        pos += n
+        shift = line.take_phase_shift()
+    line.close()
+
+
+async def test_boxes_are_moved_onto_one_frame_phase_so_nobody_waits(autojump_clock):
+    """Six boxes whose frames end at phases spread over the 20 ms: each (after the first) is asked once to
+    move its frame boundaries onto the common phase (one longer or shorter frame, nothing lost), before
+    its line is placed; then every batch runs the moment the frames come in (no lockstep wait), and each
+    line still gets its own analyser's events."""
+    rng = np.random.default_rng(4)
+    n = 6
+    lead = np.zeros(FRAME * 75, np.float32)  # 1.5 s of silence: placement happens in it
+    audio = [np.concatenate((lead, _line_audio(i, rng))) for i in range(n)]
+    dsp = SharedLineDsp(form_s=1.0, stall_s=0.5)
+    lines = [dsp.line(tones="jp") for _ in range(n)]
+    for line in lines:
+        line.can_shift_phase = True
+    got, waits, sizes = ([[] for _ in range(n)] for _ in range(3))
+    async with trio.open_nursery() as nursery:
+        for i in range(n):
+            start = 1.0 + 0.0033 * i
+            nursery.start_soon(_shifting_box, lines[i], audio[i], start, got[i], waits[i], sizes[i])
+    assert dsp.phase_shifts == n - 1 and dsp.cohorts_formed == 1 and dsp.moves == 0
+    for i in range(n):
+        shifted = [s for s in sizes[i] if s != FRAME]
+        assert len(shifted) == (1 if i else 0)
+        assert max(waits[i][40:]) <= 1 / 8000, (i, max(waits[i][40:]))  # within a sample; was up to 16.5 ms
+        reference = LineAnalyzer(tones="jp").feed(audio[i][: sum(sizes[i])])
+        _same_events(got[i], reference, tolerance_s=0.013)
+        assert any(isinstance(e, CallerId) for e in got[i])
+
+
+async def test_an_idle_line_off_the_common_phase_is_realigned_and_seated_anew(autojump_clock):
+    """A box that could not be asked before its line was placed (a box behind at startup reads as
+    unpaced) is moved onto the cohort's phase once its line is idle: its box shifts, then its line is
+    seated anew; afterwards no batch waits for it."""
+    dsp = SharedLineDsp(form_s=0.5, stall_s=0.5)
+    lines = [dsp.line(tones="jp") for _ in range(3)]
+    for line in lines:
+        line.movable = True
+    x = np.zeros(FRAME * 400, np.float32)
+    got, waits, sizes = ([[] for _ in range(3)] for _ in range(3))
+    async with trio.open_nursery() as nursery:
+        for i in range(3):
+            nursery.start_soon(_shifting_box, lines[i], x, 1.0 + 0.006 * i, got[i], waits[i], sizes[i])
+        await trio.sleep_until(1.8)  # placed without shifts (can_shift_phase was off), waiting 6-12 ms
+        assert dsp.phase_shifts == 0 and max(waits[0][-5:]) > 0.005
+        for line in lines:
+            line.can_shift_phase = True
+    assert dsp.phase_shifts == 2 and dsp.moves == 2
+    assert all(max(w[-100:]) <= 1 / 8000 for w in waits)

@@ -15,6 +15,7 @@ from drivers.voice.usbbox_protocol import (
     Dial,
     Flash,
     FrameError,
+    FramePhase,
     Hook,
     InboundDecoder,
     InFrame,
@@ -129,6 +130,8 @@ def test_command_bytes_match_the_table():
     assert enc.command(Dial("1#,A", 80, 60)) == bytes.fromhex("48 43 01 03 09 00 07 00 03 50 3C") + b"1#,A"
     assert enc.command(RingHandset(False)) == bytes.fromhex("48 43 01 03 0A 00 02 00 04 00")
     assert enc.command(Route("headset")) == bytes.fromhex("48 43 01 03 0B 00 02 00 05 01")
+    enc.seq = 8
+    assert enc.command(FramePhase(-40)) == bytes.fromhex("48 43 01 03 08 00 03 00 06 D8 FF")  # the doc's
 
 
 def test_out_sequence_wraps_and_audio_clips_instead_of_wrapping():
@@ -142,7 +145,8 @@ def test_out_sequence_wraps_and_audio_clips_instead_of_wrapping():
 
 
 @pytest.mark.parametrize(
-    "cmd", [Hook(False), Flash(100), Dial("0312345678"), RingHandset(True), Route("line")]
+    "cmd", [Hook(False), Flash(100), Dial("0312345678"), RingHandset(True), Route("line"), FramePhase(159),
+            FramePhase(-159)]
 )
 def test_commands_round_trip(cmd):
     assert decode_out_packet(OutboundEncoder().command(cmd)).command == cmd
@@ -155,6 +159,8 @@ def test_commands_round_trip(cmd):
         (lambda: Dial(""), "use 0-9"),
         (lambda: Dial("1", tone_ms=20), "40..255 ms"),
         (lambda: OutboundEncoder().command(Flash(5)), "10..2000 ms"),
+        (lambda: FramePhase(160), "-159..159"),
+        (lambda: FramePhase(0), "not 0"),
     ],
 )
 def test_invalid_commands_are_refused_with_a_reason(make, message):
@@ -271,3 +277,37 @@ def test_monitor_keeps_line_time_across_lost_audio():
     mon.feed(AudioIn(np.zeros(160, np.float32)))
     assert mon.feed(AudioLost(480)) == [Overrun()]
     assert mon.t == pytest.approx(0.08)
+
+
+def test_simulated_box_moves_its_frames_by_a_frame_phase_shift_without_losing_a_sample():
+    """FRAME_PHASE on the simulator (written from docs/usb-box-protocol.md): the next IN frame carries
+    160 + shift samples, the ones after 160 again; the samples joined are the line's, none lost or doubled."""
+    import dataclasses
+
+    from simulators.pstn_line import PstnLine
+    from simulators.usb_box import make_box
+
+    line = PstnLine("jp")
+    box = make_box(line).box
+    enc, dec = OutboundEncoder(), InboundDecoder()
+    steps: list[np.ndarray] = []
+    step = line.step
+
+    def ramp_step(upstream=None):  # every sample different, so a lost or doubled one shows
+        frame = step(upstream)
+        audio = (np.arange(160) + 160 * len(steps)) / 32767.0
+        steps.append(audio)
+        return dataclasses.replace(frame, audio=audio)
+
+    line.step = ramp_step
+    sizes, audio = [], []
+    for shift in (0, -40, 0, 0, 75, 0, 0):
+        if shift:
+            box.receive(enc.command(FramePhase(shift)))
+        frame = [e for e in dec.feed(box.next_frame()) if isinstance(e, InFrame)][0]
+        sizes.append(frame.pcm.size)
+        audio.append(frame.pcm)
+    assert sizes == [160, 120, 160, 160, 235, 160, 160]
+    assert box.delivered == sum(sizes) and ("frame_phase", -40) in box.commands
+    heard = np.round(np.concatenate(steps) * 32767.0)[: sum(sizes)]
+    np.testing.assert_array_equal(np.concatenate(audio), np.clip(heard, -32768, 32767))
