@@ -41,6 +41,7 @@ from bench.bench_sms import machine
 from bench.bench_voice import _menu_tree
 from bench.voice_harness import (
     FRAME_S,
+    SETTLE_S,
     SILENCE,
     Boxes,
     line_names,
@@ -82,6 +83,7 @@ def bench_ivr(args) -> dict:
             gw = await n.start(partial(run_gateway, config, usb_backends=boxes.usb_backends()))
             await wait_lines(gw)
             boxes.attach(gw, activity=True)
+            await trio.sleep(SETTLE_S)  # steady state: the boxes' frames lined up (FRAME_PHASE)
             # Each pause is off the 20 ms frame grid by a random 0-20 ms, so the keys end anywhere in a box
             # frame (the exchange simulator works in whole frames; a caller does not). One script for every
             # line: the 32 callers still press at the same moments.

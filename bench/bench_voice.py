@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import random
 import subprocess
 import sys
@@ -48,6 +47,7 @@ from bench import ws_clients
 from bench.bench_sms import TOKEN, machine
 from bench.voice_harness import (
     FRAME_S,
+    SETTLE_S,
     Boxes,
     line_names,
     pct,
@@ -75,6 +75,7 @@ def bench_screenpop(args) -> dict:
             gw = await n.start(partial(run_gateway, config, usb_backends=boxes.usb_backends()))
             await wait_lines(gw)
             boxes.attach(gw)
+            await trio.sleep(SETTLE_S)  # steady state: the boxes' frames lined up (FRAME_PHASE)
             published: dict[str, float] = {}
             call_line: dict[str, str] = {}
 
@@ -134,8 +135,8 @@ def bench_screenpop(args) -> dict:
                     else:
                         last_bit[call_id] = wall
                         # Line time from the last bit to the end of its box frame (the box sends it then).
-                        k = math.floor(t_end / FRAME_S + 1e-9)
-                        buffering.append(((k + 1) * FRAME_S - t_end) * 1000)
+                        k, frame_end = clocks[name].frame_of(t_end)
+                        buffering.append((frame_end - t_end) * 1000)
                         details[call_id] = {"call_id": call_id, "line": name, "round": r, "last_bit": wall,
                                             "frame_due": clocks[name].due.get(k),
                                             "frame_read": clocks[name].read.get(k),
@@ -226,7 +227,7 @@ def bench_cpu(args) -> dict:
             gw = await n.start(partial(run_gateway, config, usb_backends=boxes.usb_backends()))
             await wait_lines(gw)
             boxes.attach(gw)
-            await trio.sleep(2.0)  # settle
+            await trio.sleep(SETTLE_S)  # steady state: the boxes' frames lined up (FRAME_PHASE)
             a = sample()
             await trio.sleep(args.seconds)
             b = sample()

@@ -16,6 +16,7 @@ would have buffered the frame (or dropped it once its buffer is full).
 
 from __future__ import annotations
 
+import bisect
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -29,6 +30,9 @@ from bench.bench_sms import TOKEN_HASH
 FRAME_S = 0.02
 RATE = 8000
 SILENCE = 0.01  # |sample| above this (-40 dBFS) counts as sound
+
+
+SETTLE_S = 5.0  # once the lines are up: the gateway lines up the boxes' frame phases within ~3 s
 
 
 def line_names(count: int) -> list[str]:
@@ -59,35 +63,46 @@ def voice_config(tmp: Path, lines: int, *, auto_answer_rings: int | None = None,
 
 @dataclass
 class FrameTimes:
-    """Per-frame timing of one simulated box (see the module docstring): due and read wall times of each
-    frame, the last sound sample of each frame the exchange sent (caller-ID bursts, the caller's DTMF), and
-    the OUT audio packets with their arrival times."""
+    """Per-frame timing of one simulated box (see the module docstring): for each IN frame, the line sample
+    its audio ends at, its due time and the time the driver read it; the last sound sample of each 20 ms
+    step of the exchange line (caller-ID bursts, the caller's DTMF); and the OUT audio packets with their
+    arrival times. IN frames are line steps unless the box was asked to move its frame phase (FRAME_PHASE:
+    one longer or shorter frame)."""
 
-    due: dict[int, float] = field(default_factory=dict)  # frame number -> due time (wall)
-    read: dict[int, float] = field(default_factory=dict)  # frame number -> read time (wall)
-    last_sound: dict[int, int] = field(default_factory=dict)  # frame number -> index of its last sound sample
+    due: dict[int, float] = field(default_factory=dict)  # IN frame number -> due time (wall)
+    read: dict[int, float] = field(default_factory=dict)  # IN frame number -> read time (wall)
+    ends: list[int] = field(default_factory=list)  # IN frame number -> line sample its audio ends at
+    last_sound: dict[int, int] = field(default_factory=dict)  # line step -> index of its last sound sample
     out: list[tuple[float, np.ndarray]] = field(default_factory=list)  # OUT audio packets: (arrival, pcm)
 
+    def frame_of(self, t: float) -> tuple[int, float] | None:
+        """(IN frame number, line time its audio ends at) of the frame holding line time ``t``."""
+        i = bisect.bisect_right(self.ends, t * RATE + 1e-6)
+        return None if i >= len(self.ends) else (i, self.ends[i] / RATE)
+
     def wall(self, t: float) -> float | None:
-        """Wall time at which line time ``t`` happened on a real box with this frame clock."""
-        k = int(np.floor(t / FRAME_S + 1e-9))
-        due = self.due.get(k)
-        return None if due is None else due - FRAME_S + (t - k * FRAME_S)
+        """Wall time at which line time ``t`` happened on a real box with this frame clock (its frame
+        leaves the box when its last sample is captured)."""
+        found = self.frame_of(t)
+        if found is None or found[0] not in self.due:
+            return None
+        i, end = found
+        return self.due[i] - (end - t)
 
     def sound_end_before(self, t: float) -> float | None:
-        """Line time just after the last sound sample of the frame ending at line time ``t`` (a PstnLine
-        record made when queued audio has been sent is stamped with the start of the next frame)."""
+        """Line time just after the last sound sample of the line step ending at line time ``t`` (a
+        PstnLine record made when queued audio has been sent is stamped with the start of the next step)."""
         k = int(round(t / FRAME_S)) - 1
         idx = self.last_sound.get(k)
         return None if idx is None else k * FRAME_S + (idx + 1) / RATE
 
     def sound_runs_end(self, t0: float, t1: float) -> list[float]:
-        """Line times at which runs of sound (frames with sound, contiguous) end, within [t0, t1)."""
+        """Line times at which runs of sound (line steps with sound, contiguous) end, within [t0, t1)."""
         frames = {k for k in self.last_sound if t0 <= k * FRAME_S < t1}
         return [k * FRAME_S + (self.last_sound[k] + 1) / RATE for k in sorted(frames) if k + 1 not in frames]
 
     def timings(self) -> list[tuple[float, float]]:
-        """(due, read) wall times of every frame so far (a copy: the box's thread keeps adding)."""
+        """(due, read) wall times of every IN frame so far (a copy: the box's thread keeps adding)."""
         due, read = self.due.copy(), self.read.copy()
         return [(d, read[k]) for k, d in due.items() if k in read]
 
@@ -97,25 +112,32 @@ class FrameTimes:
 
 
 class FrameClock(FrameTimes):
-    """Records :class:`FrameTimes` of ``box`` (a ``simulators.usb_box.VoiceBox``) by wrapping its line's
-    ``step`` and its ``receive`` (instance attributes: the simulator's code is untouched)."""
+    """Records :class:`FrameTimes` of ``box`` (a ``simulators.usb_box.VoiceBox``) by wrapping its
+    ``next_frame``, its line's ``step`` and its ``receive`` (instance attributes: the simulator's code is
+    untouched)."""
 
     def __init__(self, box: Any, activity: bool = False) -> None:
         super().__init__()
         self.box, self.activity = box, activity
         self._offset = time.time() - time.monotonic()
-        step, receive = box.line.step, box.receive
+        next_frame, step, receive = box.next_frame, box.line.step, box.receive
+
+        def timed_next_frame() -> bytes:
+            data = next_frame()
+            now = time.monotonic()
+            k = len(self.ends)
+            due = box._due if box._due is not None else now
+            # The box holds a frame built ahead until it is due (VoiceBox.release): read then, or now if late.
+            self.due[k], self.read[k] = due + self._offset, max(now, due) + self._offset
+            self.ends.append(box.delivered)
+            return data
 
         def timed_step(upstream=None):
-            now = time.monotonic()
             frame = step(upstream)
-            k = int(round(frame.t / FRAME_S))
-            due = box._due if box._due is not None else now
-            self.due[k], self.read[k] = due + self._offset, now + self._offset
             if self.activity:
                 loud = np.flatnonzero(np.abs(frame.audio) > SILENCE)
                 if loud.size:
-                    self.last_sound[k] = int(loud[-1])
+                    self.last_sound[int(round(frame.t / FRAME_S))] = int(loud[-1])
             return frame
 
         def timed_receive(data: bytes) -> None:
@@ -124,11 +146,13 @@ class FrameClock(FrameTimes):
             if len(box.host_audio) > before:
                 self.out.append((time.time(), box.host_audio[-1].astype(np.float32)))
 
+        box.next_frame = timed_next_frame
         box.line.step = timed_step
         box.receive = timed_receive
 
     def snapshot(self) -> FrameTimes:
-        return FrameTimes(self.due.copy(), self.read.copy(), self.last_sound.copy(), list(self.out))
+        return FrameTimes(self.due.copy(), self.read.copy(), list(self.ends), self.last_sound.copy(),
+                          list(self.out))
 
     def frames(self) -> int:
         return len(self.due)
