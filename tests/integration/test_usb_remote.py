@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import trio
 
 from drivers.dsp.events import CallerId
@@ -19,16 +20,28 @@ from simulators.usb_remote import FarmControl, RemoteUsbBackend
 ROOT = Path(__file__).resolve().parents[2]
 
 
-async def test_driver_over_a_box_in_another_process(tmp_path):
+@pytest.fixture
+def farm_socket(tmp_path):
+    """A box farm process with boxes "a" and "b" (serials HCRM-0000, HCRM-0001); its socket's path."""
     path = str(tmp_path / "farm.sock")
     farm = subprocess.Popen([sys.executable, "-m", "simulators.usb_remote", "--socket", path,
                              "--lines", "a,b", "--country", "jp"],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=ROOT)
-    control = FarmControl(path)
-    backend = RemoteUsbBackend(path, "b")
     try:
         assert farm.stdout.readline().strip() == b"READY"
-        box = UsbVoiceBox("line-b", serial="HCRM-0001", backend=backend, reconnect_backoff=(0.05,), tones="jp")
+        yield path
+    finally:
+        farm.stdin.close()
+        farm.wait(timeout=10)
+
+
+async def test_driver_over_a_box_in_another_process(farm_socket):
+    control = FarmControl(farm_socket)
+    backend = RemoteUsbBackend(farm_socket, "b")
+    caller = Caller("0312345678", cid="v23_ntt")
+    try:
+        box = UsbVoiceBox("line-b", serial="HCRM-0001", backend=backend, reconnect_backoff=(0.05,),
+                          tones="jp")
         got: list = []
         async with trio.open_nursery() as nursery:
             await nursery.start(box.run)
@@ -38,8 +51,7 @@ async def test_driver_over_a_box_in_another_process(tmp_path):
                     if isinstance(event, DeviceReady):
                         assert event.serial == "HCRM-0001"  # box "b" is the second: its serial, not "a"'s
                         await trio.to_thread.run_sync(
-                            lambda: control.call("line:b", "incoming_call", Caller("0312345678", cid="v23_ntt"),
-                                                 max_rings=2))
+                            lambda: control.call("line:b", "incoming_call", caller, max_rings=2))
                     if isinstance(event, Ring) and any(isinstance(e, CallerId) for e in got):
                         await trio.to_thread.run_sync(lambda: control.call("backend:b", "unplug"))
                     if isinstance(event, DeviceLost):
@@ -56,5 +68,3 @@ async def test_driver_over_a_box_in_another_process(tmp_path):
     finally:
         backend.close()
         control.close()
-        farm.stdin.close()
-        farm.wait(timeout=10)
