@@ -73,6 +73,7 @@ def bench_screenpop(args) -> dict:
     async def main():
         async with trio.open_nursery() as n:
             gw = await n.start(partial(run_gateway, config, usb_backends=boxes.usb_backends()))
+            t_up = time.time()
             await wait_lines(gw)
             boxes.attach(gw)
             await trio.sleep(SETTLE_S)  # steady state: the boxes' frames lined up (FRAME_PHASE)
@@ -110,6 +111,10 @@ def bench_screenpop(args) -> dict:
                             break
                 await wait_lines(gw)
             cpu_s, wall_s = time.process_time() - cpu0, time.time() - wall0
+            dsp = gw.services.voice.lines[names[0]].device.box.dsp
+            out.update(dsp_cohorts=dsp.cohorts, dsp_phase_shifts=dsp.phase_shifts, dsp_moves=dsp.moves,
+                       dsp_batches_per_s=round(dsp.batches / (time.time() - t_up), 1),
+                       dsp_evictions=dsp.evictions)
             chunks = [buf.split(b"READY", 1)[1]]
             with trio.fail_after(max_s):
                 while data := await proc.stdout.receive_some(65536):

@@ -40,6 +40,21 @@ quiet free channel of a running cohort that fits its phase (lossless only, unles
 forms a cohort of its own -- as a line reading a backlog after a stall does, to catch up there; once idle
 it is moved into a running cohort (a bank saved).
 
+Aligned boxes (FRAME_PHASE)
+===========================
+Pairing cannot remove the wait itself: with boxes delivering at phases spread over the 20 ms, the
+earliest line's frame waits for the latest one's on every batch (10 ms on average, caller ID included).
+A box of the open profile can move its frame boundaries (``FRAME_PHASE``, docs/usb-box-protocol.md: one
+longer or shorter frame, no sample lost). The first line whose phase is known (``SHIFT_ESTIMATE_FRAMES``
+frames, arrivals settled) sets the common phase; every later line's box is asked, through its driver
+(``SharedLine.take_phase_shift``, sent before its next read), to move onto it before the line is first
+placed, so a cohort's frames all come in together and a batch runs as soon as they have. Every
+``CHECK_BATCHES`` batches an idle member (``movable``, quiet channel) more than ``REALIGN_S`` off the
+cohort's median phase (a box placed before it could be asked, e.g. behind at startup, or one that
+drifts) is asked again and, once its shifted frame is in, seated anew. The common phase follows the
+cohort's median, so a bias shared by every estimate (the host's read latency) moves nobody. Boxes of
+profiles without the command keep their phases (``can_shift_phase`` False) and the pairing above.
+
 Drift: boxes with their own crystals drift apart (±50 ppm is 1 ms every 20 s).  A cohort runs at the pace
 of its slowest member, so the surplus of the faster boxes queues in the boxes (a reader waits for its
 frame's events before it reads again).  Every ``CHECK_BATCHES`` batches a cohort whose spread exceeds
