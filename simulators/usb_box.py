@@ -7,8 +7,9 @@ commands: hook, flash, dial, ring the handset port, route, frame phase).  Frame 
 ``docs/usb-box-protocol.md``; the packing below is written from that document, not shared with the
 driver's codec.
 
-The box's sample clock is the host's reads: each IN transfer advances the line by one frame, so a test
-runs as fast as the driver reads (``paced=True`` holds each read until its frame is due in real time).
+The box's sample clock is the host's reads: each IN transfer advances the line by one frame (160 samples,
+or 160 + shift once after a FRAME_PHASE command), so a test runs as fast as the driver reads
+(``paced=True`` holds each read until its frame is due in real time).
 ``unplug()`` makes the device vanish from enumeration and every transfer on an open handle fail with
 ``USBError`` errno ENODEV, as libusb reports a removed device; ``replug()`` brings it back with a new
 address.  Descriptor getters raise ``IndexError`` past the last configuration, interface, alternate
