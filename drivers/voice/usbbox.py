@@ -405,6 +405,8 @@ class UsbVoiceBox:
         self._send_event, self.events = trio.open_memory_channel(event_queue)
         self._send_audio, self.audio = trio.open_memory_channel(audio_queue) if audio_queue else (None, None)
         self.audio_dropped = 0
+        # A box that stalled FRAME_PHASE (firmware without it) is not asked again, even after replugging.
+        self.frame_phase_refused = False
         self.state = "absent"  # absent | ready
         self._session = None
         self._log = structlog.get_logger(__name__).bind(box=name)
@@ -465,7 +467,8 @@ class UsbVoiceBox:
             opts = self._monitor_options
             self._dsp_line = self.dsp.line(tones=opts["tones"], cid=opts["cid"])
         if self._dsp_line is not None:
-            self._dsp_line.can_shift_phase = getattr(session, "can_shift_phase", False)
+            self._dsp_line.can_shift_phase = (getattr(session, "can_shift_phase", False)
+                                              and not self.frame_phase_refused)
         self._session, self.state = session, "ready"
         serial = await trio.to_thread.run_sync(self._serial_of, device)
         self._log.info("usb_box_ready", serial=serial, profile=self.profile.name)
@@ -525,7 +528,7 @@ class UsbVoiceBox:
                 events = await self._dsp_line.analyse(x, read_started=read_started)
                 shift = self._dsp_line.take_phase_shift()
                 if shift:  # before the next read: the box's next frame is the longer or shorter one
-                    await self._command_on(session, FramePhase(shift), lost, scope)
+                    await self._frame_phase(session, shift, lost, scope)
         outputs = self.monitor.feed(item, events)
         if self._dsp_line is not None:
             self._dsp_line.movable = self.monitor.idle
@@ -545,6 +548,22 @@ class UsbVoiceBox:
             await self._write(session, session.encode(command))
         except BoxUnavailable as exc:
             lost.append(str(exc))
+            scope.cancel()
+
+    async def _frame_phase(self, session, shift: int, lost: list[str], scope: trio.CancelScope) -> None:
+        """FRAME_PHASE is an optimisation: a box that stalls it (EPIPE: firmware without the command) is
+        not asked again. A stalled OUT endpoint needs the device reset, so this once it is reopened."""
+        data = session.encode(FramePhase(shift))
+        if data is None:
+            return
+        try:
+            async with self._lock:
+                await trio.to_thread.run_sync(session.write, data, limiter=self._limiter)
+        except usb.core.USBError as exc:
+            if exc.errno == errno.EPIPE:
+                self.frame_phase_refused = True
+                self._log.warning("usb_box_frame_phase_refused", error=_describe(exc))
+            lost.append(f"{self.name}: USB write failed: {_describe(exc)}")
             scope.cancel()
 
     async def _write(self, session, data: bytes | None) -> None:

@@ -46,3 +46,42 @@ async def test_the_driver_lines_up_the_frame_phases_of_its_boxes():
 async def _drain(box: UsbVoiceBox) -> None:
     async for _ in box.events:
         pass
+
+
+async def test_a_box_that_stalls_frame_phase_is_reopened_once_and_not_asked_again():
+    """Firmware without FRAME_PHASE answers it with a STALL (EPIPE). The driver reopens the box (a stalled
+    endpoint needs it) and never asks that box again: one DeviceLost, then the line works as before."""
+    import errno
+
+    import usb.core
+
+    from drivers.voice.events import DeviceLost
+
+    dsp = SharedLineDsp(form_s=1.0)
+    backends = [make_box(PstnLine("jp"), serial=f"HCRM-{i:04d}", paced=True) for i in range(2)]
+    old = backends[1].box
+    tried: list[int] = []
+    command = old._command
+
+    def old_firmware(op: int, args: bytes) -> None:
+        if op == 0x06:
+            tried.append(op)
+            raise usb.core.USBError("Pipe error (unknown command 0x06)", -9, errno.EPIPE)
+        command(op, args)
+
+    old._command = old_firmware
+    boxes = [UsbVoiceBox(f"line{i}", serial=f"HCRM-{i:04d}", backend=b, tones="jp", dsp=dsp,
+                         reconnect_backoff=(0.05,)) for i, b in enumerate(backends)]
+    seen: list = []
+    async with trio.open_nursery() as nursery:
+        await nursery.start(boxes[0].run)
+        nursery.start_soon(_drain, boxes[0])
+        await trio.sleep(0.009)  # the second box streams 9 ms later: it is asked to move
+        await nursery.start(boxes[1].run)
+        with trio.move_on_after(3.0):
+            async for event in boxes[1].events:
+                seen.append(type(event).__name__)
+        nursery.cancel_scope.cancel()
+    assert tried == [0x06] and boxes[1].frame_phase_refused
+    assert seen.count(DeviceLost.__name__) == 1 and seen.count(DeviceReady.__name__) == 2, seen
+    assert backends[1].transfers > 100  # it kept streaming after it was reopened
