@@ -32,8 +32,9 @@ period (``width_s = frame_s``): one bank, with the pairing above.
 
 A cohort is formed from the lines without a channel: from the first frame of such a line, for at most
 ``form_s`` (or until every registered line without a channel is streaming, has been seen for
-``ESTIMATE_FRAMES`` frames and has caught up with its box, i.e. its last read waited for its frame) their
-audio is counted but not analysed (warm-up), then they are clustered by
+``ESTIMATE_FRAMES`` frames and has caught up with its box, i.e. its arrivals have settled at the frame
+rate, see ``SharedLine._ready_to_place``) their audio is counted but not analysed (warm-up), then they are
+clustered by
 phase (on the circle of one frame period, cut at the largest gap, greedily into arcs no wider than
 ``width_s``) into banks sized with spare channels.  A line that comes later (hot-plug, eviction) takes a
 quiet free channel of a running cohort that fits its phase (lossless only, unless the line is idle), or
@@ -185,9 +186,8 @@ class SharedLine:
         return await self.events_of(self.submit(samples, read_started=read_started))
 
     def submit(self, samples: np.ndarray, *, read_started: float | None = None) -> Analysis:
-        """Queue ``samples`` for analysis at once (see ``analyse``); ``await events_of(...)`` for the events.
-        A reader may submit its next frames before the events of the previous ones are back (in order):
-        one that is behind its box then catches up, instead of reading a frame per batch."""
+        """Queue ``samples`` for analysis at once (see ``analyse``); ``await events_of(...)`` for the events
+        (submissions of one line are analysed in order, so a reader may submit more before awaiting)."""
         if self.closed:
             raise RuntimeError("this line has left the shared DSP")
         x = np.asarray(samples, dtype=np.float32).reshape(-1)
@@ -384,7 +384,7 @@ class SharedLineDsp:
         self.joins = 0  # lines placed on a free channel of a running cohort
         self.cohorts_formed = 0
         self.phase_shifts = 0  # boxes asked to move their frame boundaries to the common phase
-        self._phase_ref: float | None = None  # the common phase: a line epoch (trio time), modulo frame_s
+        self._phase_ref: float | None = None  # the common phase: a frame boundary (trio time), modulo frame_s
 
     @property
     def cohorts(self) -> int:
