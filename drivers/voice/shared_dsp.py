@@ -127,6 +127,7 @@ class _Cohort:
     members: list[SharedLine | None]  # channel -> line; None: free (retired channels are fed silence)
     clock: int = 0  # samples fed to the bank so far
     batches: int = 0
+    waiting_for: SharedLine | None = None  # a member that had nothing queued at the last look
 
     def live(self) -> list[tuple[int, SharedLine]]:
         return [(ch, m) for ch, m in enumerate(self.members) if m is not None]
@@ -691,8 +692,13 @@ class SharedLineDsp:
                     self._ask_shift(line)
 
     def _run_ready(self, cohort: _Cohort) -> None:
-        """Feed the bank while every live member has audio queued: one lockstep batch each time."""
+        """Feed the bank while every live member has audio queued: one lockstep batch each time. Called on
+        every submission: the member the batch was last seen waiting for is looked at first, so most calls
+        return without going over every member."""
         while True:
+            waiting = cohort.waiting_for
+            if waiting is not None and waiting._cohort is cohort and waiting._available == 0:
+                return
             live = cohort.live()
             if not live:
                 if cohort in self._cohorts:
@@ -700,6 +706,7 @@ class SharedLineDsp:
                 return
             n = min(m._available for _, m in live)
             if n == 0:
+                cohort.waiting_for = next(m for _, m in live if m._available == 0)
                 return
             x = np.zeros((cohort.bank.channels, n), dtype=np.float32)  # free channels hear silence
             for ch, m in live:
