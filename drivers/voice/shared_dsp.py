@@ -257,9 +257,8 @@ class SharedLine:
         self._behind = 0 if steady else self._behind + 1
         self._last_e = e
         if self._shift_sent and self._shift_asked:
-            frame = round(self._dsp.frame_s * self.sample_rate)
             self._shift_wait += 1
-            if size == frame + self._shift_asked or self._shift_wait > SHIFT_WAIT_FRAMES:
+            if size == self._dsp._frame(self.key) + self._shift_asked or self._shift_wait > SHIFT_WAIT_FRAMES:
                 self._shift_asked = 0  # the box moved (its longer or shorter frame is in), or it never will
                 self._reseat = self._cohort is not None  # placed: pair it anew (SharedLineDsp._submitted)
 
@@ -408,7 +407,7 @@ class SharedLineDsp:
             return False
         delta = self._phase_off(line)
         shift = round(delta * line.sample_rate)
-        frame = round(self.frame_s * line.sample_rate)
+        frame = self._frame(line.key)
         if abs(delta) < MIN_SHIFT_S or not -frame < shift < frame:
             return False
         line._shift_asked, line._shift_sent, line._shift_wait = shift, False, 0
@@ -419,9 +418,8 @@ class SharedLineDsp:
         """Before a line is first placed: the first line whose phase is known sets the common phase, every
         later one whose box can move is asked to move onto it (at most half a frame either way)."""
         line._shift_asked = 0
-        if line._behind or line._seen < SHIFT_ESTIMATE_FRAMES:  # (reads that never settle: not paced)
-            return
-        self._ask_shift(line)
+        if not line._behind:  # (a line placed while its reads never settle is not paced: not asked)
+            self._ask_shift(line)
 
     def line(self, *, tones: str = "jp", cid: str | None = "auto", sample_rate: int = 8000) -> SharedLine:
         key = (tones, cid, sample_rate)

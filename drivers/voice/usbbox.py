@@ -129,7 +129,12 @@ class LineAudio:
 
 
 class BoxUnavailable(RuntimeError):
-    """A command was given while the box is absent or it failed on the wire; the message says which."""
+    """A command was given while the box is absent or it failed on the wire; the message says which
+    (``errno``: the USB error's, when the write failed)."""
+
+    def __init__(self, message: str, errno: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = errno
 
 
 # ------------------------------------------------------------------------------ sans-IO line logic
@@ -557,13 +562,12 @@ class UsbVoiceBox:
         if data is None:
             return
         try:
-            async with self._lock:
-                await trio.to_thread.run_sync(session.write, data, limiter=self._limiter)
-        except usb.core.USBError as exc:
+            await self._write(session, data)
+        except BoxUnavailable as exc:
             if exc.errno == errno.EPIPE:
                 self.frame_phase_refused = True
-                self._log.warning("usb_box_frame_phase_refused", error=_describe(exc))
-            lost.append(f"{self.name}: USB write failed: {_describe(exc)}")
+                self._log.warning("usb_box_frame_phase_refused", error=str(exc))
+            lost.append(str(exc))
             scope.cancel()
 
     async def _write(self, session, data: bytes | None) -> None:
@@ -573,7 +577,7 @@ class UsbVoiceBox:
             async with self._lock:
                 await trio.to_thread.run_sync(session.write, data, limiter=self._limiter)
         except usb.core.USBError as exc:
-            raise BoxUnavailable(f"{self.name}: USB write failed: {_describe(exc)}") from None
+            raise BoxUnavailable(f"{self.name}: USB write failed: {_describe(exc)}", exc.errno) from None
 
     # -- commands
     async def send(self, command: Command) -> None:
