@@ -409,6 +409,47 @@ async def test_a_line_that_starts_behind_its_box_catches_up_before_it_is_paired(
         assert max(late[i][10:]) <= 0.02 + 1e-9, (i, max(late[i][10:]))  # at most the lockstep wait
 
 
+async def test_a_smaller_cohort_gives_its_idle_lines_to_a_larger_one(autojump_clock):
+    """Four boxes hot-plugged at once while the running bank has two free channels: two join it, the other
+    two form a bank of their own. Once two of the first lines are unplugged the large bank has room
+    again, and the small one's idle lines move into it: one batch for everyone (issue 5: 12 of 32 lines
+    stayed in four banks of three for good, each batch of the large bank waiting for theirs). A digit heard
+    after the move is found on the line's own time."""
+    dsp = SharedLineDsp(form_s=0.5, stall_s=0.5)
+    n = 8
+    lines = [dsp.line(tones="jp") for _ in range(4)]
+    for line in lines:
+        line.movable = True
+    long, short = np.zeros(FRAME * 300, np.float32), np.zeros(FRAME * 100, np.float32)
+    late_audio = np.zeros(FRAME * 200, np.float32)
+    digits_at = FRAME * 170
+    tone = gen.dtmf_waveform("38")
+    late_audio[digits_at : digits_at + tone.size] = tone
+    got, waits, seats = ([[] for _ in range(n)] for _ in range(3))
+    cohorts_seen: list[int] = []
+    async with trio.open_nursery() as nursery:
+        for i in range(4):  # lines 2 and 3 are unplugged at 3 s
+            nursery.start_soon(_paced, lines[i], long if i < 2 else short, 1.0 + 0.002 * i, 0.02, got[i],
+                               waits[i], seats[i])
+        await trio.sleep_until(1.45)
+        assert dsp.cohorts == 1
+        for i in range(4, n):
+            line = dsp.line(tones="jp")
+            line.movable = True
+            lines.append(line)
+            nursery.start_soon(_paced, line, late_audio, 1.5 + 0.001 * i, 0.02, got[i], waits[i], seats[i])
+        await trio.sleep_until(2.9)
+        cohorts_seen.append(dsp.cohorts)  # the bank of 4 + 2 spare channels is full: a second one formed
+        await trio.sleep_until(5.0)
+        cohorts_seen.append(dsp.cohorts)
+    assert cohorts_seen == [2, 1]
+    assert dsp.cohorts_formed == 2 and dsp.moves == 2 and dsp.evictions == 0
+    for i in range(4, n):
+        digits = [e for f in got[i] for e in f if isinstance(e, DtmfDigit)]
+        assert [d.digit for d in digits] == ["3", "8"], i
+        assert abs(digits[0].t - digits_at / 8000) <= 0.015
+
+
 def test_line_monitor_idle_is_on_hook_and_not_ringing_for_a_while():
     """What the USB box driver tells the shared DSP (SharedLine.movable): an idle line may be re-seated."""
     monitor = LineMonitor(tones="jp", analyse=False)
