@@ -41,6 +41,7 @@ is gone.  :class:`OpenBoxProfile` is the profile of ``docs/usb-box-protocol.md``
 from __future__ import annotations
 
 import errno
+import math
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -175,6 +176,9 @@ class LineMonitor:
         self._ring_reported = False
         self._handshake_until: float | None = None
         self._own_hook = False  # True while the monitor holds the loop closed for the handshake
+        # The hook state the monitor last asked for, until a status report shows the box in it: the driver
+        # writes the command beside the reads, so a frame or two may still show the old state.
+        self._hook_asked: bool | None = None
 
     @property
     def in_handshake(self) -> bool:
@@ -217,6 +221,8 @@ class LineMonitor:
     def _on_status(self, st: LineStatus) -> list[Any]:
         old, self._status = self._status, st
         out: list[Any] = []
+        if self._hook_asked is not None and st.off_hook == self._hook_asked:
+            self._hook_asked = None
         if old.ring and not st.ring:
             self._ring_end = self.t
         if st.ring and not old.ring:
@@ -231,13 +237,14 @@ class LineMonitor:
             # CAR: primary response (一次応答), silent off hook, then wait for the V.23 frame.
             self._handshake_until = self.t + self.ntt_cid_wait_s
             self._own_hook = True
+            self._hook_asked = True
             out.append(Hook(True))
         if st.polarity_reversed != old.polarity_reversed:
             out.append(PolarityReversal())
         if st.handset_off_hook != old.handset_off_hook:
             out.append(Handset("up" if st.handset_off_hook else "down", "local"))
         if (old.loop_current and not st.loop_current and st.off_hook and old.off_hook
-                and not st.dialing and not self.in_handshake):
+                and not st.dialing and not self.in_handshake and self._hook_asked is None):
             out.append(LoopBreak())
         return out
 
@@ -249,7 +256,8 @@ class LineMonitor:
         self.t += x.size / self.sample_rate
         out: list[Any] = []
         st = self._status
-        in_call = st.off_hook and not st.dialing and not self.in_handshake
+        # Not while the box has yet to act on the handshake's last hook command (on hook after it).
+        in_call = st.off_hook and not st.dialing and not self.in_handshake and self._hook_asked is None
         for ev in events:
             if isinstance(ev, dsp.CallerId):
                 out.append(ev)
@@ -270,6 +278,7 @@ class LineMonitor:
         self._handshake_until = None
         if self._own_hook:
             self._own_hook = False
+            self._hook_asked = False
             return [Hook(False)]
         return []
 
@@ -481,10 +490,13 @@ class UsbVoiceBox:
         if not started:
             task_status.started()
         lost: list[str] = []
+        # The monitor's own hook commands (NTT handshake) leave through a task of their own, in order.
+        commands, to_write = trio.open_memory_channel[Command](math.inf)
         try:
             async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._command_writer, session, to_write, lost, nursery.cancel_scope)
                 for stream in session.streams:
-                    nursery.start_soon(self._reader, session, stream, lost, nursery.cancel_scope)
+                    nursery.start_soon(self._reader, session, stream, commands, lost, nursery.cancel_scope)
         finally:
             if self._dsp_line is not None:
                 self._dsp_line.close()
@@ -505,10 +517,13 @@ class UsbVoiceBox:
         except usb.core.USBError:
             pass
 
-    async def _reader(self, session, stream: str, lost: list[str], scope: trio.CancelScope) -> None:
+    async def _reader(self, session, stream: str, commands: trio.MemorySendChannel[Command], lost: list[str],
+                      scope: trio.CancelScope) -> None:
         # With a shared DSP the frame's events come back once its cohort's batch ran (see shared_dsp.py);
-        # the next read waits for them (and for the hook command of a handshake they cause), so the box's
-        # next frame already follows the command.
+        # the next read waits for them, not for the hook command of a handshake they cause: that write goes
+        # to the command writer. Waiting for it (a thread round trip, 5-15 ms while 32 lines take their
+        # caller ID at once) held this line's next frame back, and with it the next batch of every line in
+        # its cohort: the caller IDs that ended in the last few ms of a frame (issue 5's screen pop).
         while True:
             try:
                 read_started = trio.current_time()  # the shared DSP learns the box's frame clock
@@ -520,12 +535,12 @@ class UsbVoiceBox:
                 scope.cancel()
                 return
             for item in session.parse(stream, data):
-                await self._handle(session, item, lost, scope, read_started)
+                await self._handle(session, item, commands, lost, scope, read_started)
                 if not isinstance(item, StatusReport):
                     read_started = None  # a second frame of the same read was waiting: no timing
 
-    async def _handle(self, session, item: BoxInput, lost: list[str], scope: trio.CancelScope,
-                      read_started: float | None = None) -> None:
+    async def _handle(self, session, item: BoxInput, commands: trio.MemorySendChannel[Command],
+                      lost: list[str], scope: trio.CancelScope, read_started: float | None = None) -> None:
         events = None
         if self._dsp_line is not None:
             x = LineMonitor.audio_of(item)
@@ -539,7 +554,7 @@ class UsbVoiceBox:
             self._dsp_line.movable = self.monitor.idle
         for out in outputs:
             if isinstance(out, Hook):
-                await self._command_on(session, out, lost, scope)
+                commands.send_nowait(out)
             else:
                 await self._send_event.send(out)
         if isinstance(item, AudioIn) and self._send_audio is not None:
@@ -548,12 +563,15 @@ class UsbVoiceBox:
             except trio.WouldBlock:
                 self.audio_dropped += 1
 
-    async def _command_on(self, session, command: Command, lost: list[str], scope: trio.CancelScope) -> None:
-        try:
-            await self._write(session, session.encode(command))
-        except BoxUnavailable as exc:
-            lost.append(str(exc))
-            scope.cancel()
+    async def _command_writer(self, session, to_write: trio.MemoryReceiveChannel[Command], lost: list[str],
+                              scope: trio.CancelScope) -> None:
+        async for command in to_write:
+            try:
+                await self._write(session, session.encode(command))
+            except BoxUnavailable as exc:
+                lost.append(str(exc))
+                scope.cancel()
+                return
 
     async def _frame_phase(self, session, shift: int, lost: list[str], scope: trio.CancelScope) -> None:
         """FRAME_PHASE is an optimisation: a box that stalls it (EPIPE: firmware without the command) is

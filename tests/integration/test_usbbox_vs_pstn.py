@@ -296,3 +296,45 @@ async def test_a_second_profile_with_two_streams_drives_the_same_line_logic():
         nursery.cancel_scope.cancel()
     assert events[0] == DeviceReady("HCRM-0001", "hid-like")
     assert [e for e in events if not isinstance(e, DeviceReady)] == [Ring(), Handset("up"), Handset("down")]
+
+
+async def test_reads_go_on_while_the_handshake_hook_command_is_written():
+    """The NTT handshake's hook commands leave through the driver's command writer: the reader does not
+    wait for them, so a slow write (here a transfer that takes 100 ms) does not hold back the line's frames
+    (nor, with a shared DSP, its cohort's next batch), and the frames read meanwhile, which still show the
+    box off hook, give no key presses or tones."""
+    from drivers.voice.usbbox_protocol import OP_HOOK, OUT_TYPE_COMMAND
+
+    line = PstnLine("jp")
+    backend = make_box(line, paced=True)
+    reads: list[float] = []
+    hooks: list[tuple[float, float]] = []
+    bulk_read, bulk_write = backend.bulk_read, backend.bulk_write
+
+    def timed_read(*args):
+        n = bulk_read(*args)
+        reads.append(time.monotonic())
+        return n
+
+    def slow_hook_write(dev_handle, ep, intf, data, timeout):
+        data = bytes(data)
+        if data[3] != OUT_TYPE_COMMAND or data[8] != OP_HOOK:
+            return bulk_write(dev_handle, ep, intf, data, timeout)
+        t0 = time.monotonic()
+        time.sleep(0.1)  # the transfer's latency (host and bus busy): the box acts on it at the end
+        n = bulk_write(dev_handle, ep, intf, data, timeout)
+        hooks.append((t0, time.monotonic()))
+        return n
+
+    backend.bulk_read, backend.bulk_write = timed_read, slow_hook_write
+    async with trio.open_nursery() as nursery:
+        box = await start(nursery, backend, tones="jp")
+        line.incoming_call(Caller("0312345678"), max_rings=2)
+        events = await collect(box, ring_after_caller_id())
+        nursery.cancel_scope.cancel()
+    assert [c.number for c in events if isinstance(c, CallerId)] == ["0312345678"]
+    assert [r.detail for r in line.kinds("hook")][:2] == ["off", "on"] and len(hooks) >= 2
+    for t0, t1 in hooks[:2]:
+        during = [t for t in reads if t0 < t < t1]
+        assert len(during) >= 3, (t1 - t0, during)  # a frame every 20 ms while the 100 ms write runs
+    assert not any(isinstance(e, (DtmfDigit, ToneEvent)) for e in events)

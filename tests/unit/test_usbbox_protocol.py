@@ -231,6 +231,32 @@ def test_monitor_ntt_car_gets_silent_off_hook_then_release_after_caller_id():
     assert kinds.count("Ring") == 1 and kinds.index("Ring") > kinds.index("Hook", 1)  # the IR
 
 
+def test_monitor_ignores_the_line_until_the_box_has_acted_on_the_release():
+    """The driver writes the handshake's hook commands beside its reads, so frames read after the release
+    may still show the box off hook (with loop current): no key press, tone or loop break comes from them
+    as if a call were up; once the box reports on hook, a later call of the user's is heard as usual."""
+    mon = LineMonitor(tones="jp")
+    burst = callerid_gen.callerid_burst(callerid_gen.ntt_callerid("0312345678"), standard="ntt")
+    off = LineStatus(off_hook=True, loop_current=True)
+
+    def feed(status: LineStatus, audio: np.ndarray) -> list:
+        out: list = []
+        for start in range(0, audio.size, 160):
+            out += mon.feed(StatusReport(status)) + mon.feed(AudioIn(audio[start : start + 160]))
+        return out
+
+    events = feed(LineStatus(ring=True), silence(0.5)) + feed(LineStatus(), silence(0.1))
+    assert events == [Hook(True)]
+    events = feed(off, np.concatenate([burst, silence(0.1)]))
+    assert any(isinstance(e, CallerId) for e in events) and events[-1] == Hook(False)
+    stale = feed(off, dtmf_sequence("12", 80, 80)) + feed(off, cadence([400], 0.5, 0.5, 2.0))
+    stale += feed(LineStatus(off_hook=True), silence(0.1))  # loop current drops first
+    assert stale == []
+    assert feed(LineStatus(), silence(0.1)) == []  # the box is on hook now
+    events = feed(off, dtmf_sequence("59", 80, 80))  # the user picked up the handset later
+    assert [e for e in events if isinstance(e, DtmfDigit)] == [DtmfDigit("5"), DtmfDigit("9")]
+
+
 def test_monitor_ntt_releases_the_line_when_no_caller_id_comes():
     mon = LineMonitor(tones="jp", ntt_cid_wait_s=2.0)
     events = run_monitor(mon, [(LineStatus(ring=True), silence(0.5)), (LineStatus(), silence(3.0))])
