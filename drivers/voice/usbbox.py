@@ -519,11 +519,15 @@ class UsbVoiceBox:
 
     async def _reader(self, session, stream: str, commands: trio.MemorySendChannel[Command], lost: list[str],
                       scope: trio.CancelScope) -> None:
-        # With a shared DSP the frame's events come back once its cohort's batch ran (see shared_dsp.py);
-        # the next read waits for them, not for the hook command of a handshake they cause: that write goes
-        # to the command writer. Waiting for it (a thread round trip, 5-15 ms while 32 lines take their
-        # caller ID at once) held this line's next frame back, and with it the next batch of every line in
-        # its cohort: the caller IDs that ended in the last few ms of a frame (issue 5's screen pop).
+        """Read, analyse, report. The hook commands of the NTT handshake are not written from here but by
+        the command writer, and only once this line's next audio has been analysed (``held``): the
+        exchange gives the terminal seconds for them, while the next frame's analysis is what a caller ID
+        that ended in the last few ms of a frame waits for. Measured (issue 5's screen pop, 32 lines taking
+        their caller ID at once): the reader waiting for the release's write (a thread round trip, 15-35 ms
+        then) held this line's next frame back, and with a shared DSP the next batch of its whole cohort;
+        written at once beside the reads, the 22-odd writes and the boxes' work on them still landed in
+        that batch's 20 ms."""
+        held: list[Command] = []
         while True:
             try:
                 read_started = trio.current_time()  # the shared DSP learns the box's frame clock
@@ -535,12 +539,18 @@ class UsbVoiceBox:
                 scope.cancel()
                 return
             for item in session.parse(stream, data):
-                await self._handle(session, item, commands, lost, scope, read_started)
-                if not isinstance(item, StatusReport):
-                    read_started = None  # a second frame of the same read was waiting: no timing
+                hooks = await self._handle(session, item, lost, scope, read_started)
+                if isinstance(item, StatusReport):
+                    held += hooks
+                    continue
+                read_started = None  # a second frame of the same read was waiting: no timing
+                for command in held:  # decided before this audio, which has been analysed now
+                    commands.send_nowait(command)
+                held = hooks
 
-    async def _handle(self, session, item: BoxInput, commands: trio.MemorySendChannel[Command],
-                      lost: list[str], scope: trio.CancelScope, read_started: float | None = None) -> None:
+    async def _handle(self, session, item: BoxInput, lost: list[str], scope: trio.CancelScope,
+                      read_started: float | None = None) -> list[Command]:
+        """Analyse and report one input; returns the hook commands it calls for (see ``_reader``)."""
         events = None
         if self._dsp_line is not None:
             x = LineMonitor.audio_of(item)
@@ -552,9 +562,10 @@ class UsbVoiceBox:
         outputs = self.monitor.feed(item, events)
         if self._dsp_line is not None:
             self._dsp_line.movable = self.monitor.idle
+        hooks: list[Command] = []
         for out in outputs:
             if isinstance(out, Hook):
-                commands.send_nowait(out)
+                hooks.append(out)
             else:
                 await self._send_event.send(out)
         if isinstance(item, AudioIn) and self._send_audio is not None:
@@ -562,6 +573,7 @@ class UsbVoiceBox:
                 self._send_audio.send_nowait(LineAudio(self.monitor.t, item.samples))
             except trio.WouldBlock:
                 self.audio_dropped += 1
+        return hooks
 
     async def _command_writer(self, session, to_write: trio.MemoryReceiveChannel[Command], lost: list[str],
                               scope: trio.CancelScope) -> None:
