@@ -53,7 +53,10 @@ placed, so a cohort's frames all come in together and a batch runs as soon as th
 ``CHECK_BATCHES`` batches an idle member (``movable``, quiet channel) more than ``REALIGN_S`` off the
 cohort's median phase (a box placed before it could be asked, e.g. behind at startup, or one that
 drifts) is asked again and, once its shifted frame is in, seated anew. The common phase follows the
-cohort's median, so a bias shared by every estimate (the host's read latency) moves nobody. Boxes of
+cohort's median, so a bias shared by every estimate (the host's read latency) moves nobody. ``REALIGN_S``
+(2.5 ms) is above the estimates' own noise: a line's reads can come back 1-2 ms late for seconds (the
+host's load, the order of 32 reads), which its estimate follows (``CREEP``); with 1 ms, 32 boxes on one
+phase were asked to shift back and forth by 1-2 ms four times a second (measured, issue 5). Boxes of
 profiles without the command keep their phases (``can_shift_phase`` False) and the pairing above.
 
 Drift: boxes with their own crystals drift apart (±50 ppm is 1 ms every 20 s).  A cohort runs at the pace
@@ -101,7 +104,7 @@ CREEP = 0.001  # s per s: how fast a line's phase estimate may move later (cryst
 WAITED_S = 0.002  # a read that blocked this long shows the box's timing (a buffered frame returns sooner)
 ESTIMATE_FRAMES = 2  # frames of a line seen before its phase is trusted enough to place it
 MIN_SHIFT_S = 0.0005  # a box off the common phase by less than this is not asked to move
-REALIGN_S = 0.001  # an idle placed line off the common phase by more than this is moved back onto it
+REALIGN_S = 0.0025  # an idle placed line this far off the common phase is moved back (beyond estimate noise)
 SHIFT_ESTIMATE_FRAMES = 10  # frames of a line seen before its box is asked to move (its phase settles)
 SHIFT_WAIT_FRAMES = 10  # frames after a phase shift was asked for, before the line is placed without it
 JITTER_S = 0.005  # a box may deliver this much later than its frame clock (USB scheduling)
