@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import errno
 import math
+from collections import deque
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -416,6 +417,12 @@ class UsbVoiceBox:
         # time), not tokens of trio's default limiter shared with the rest of the process.
         self._lock = trio.Lock()
         self._limiter = trio.CapacityLimiter(4)
+        # The handshake's hook commands (see _reader): decided by the input in hand (_deciding), held for the
+        # next analysed frame (_held), then queued for the command writer (_handshake); a command sent
+        # through the API writes all of them out first.
+        self._deciding: list[Command] = []
+        self._held: list[Command] = []
+        self._handshake: deque[Command] = deque()
         self._send_event, self.events = trio.open_memory_channel(event_queue)
         self._send_audio, self.audio = trio.open_memory_channel(audio_queue) if audio_queue else (None, None)
         self.audio_dropped = 0
@@ -491,7 +498,10 @@ class UsbVoiceBox:
             task_status.started()
         lost: list[str] = []
         # The monitor's own hook commands (NTT handshake) leave through a task of their own, in order.
-        commands, to_write = trio.open_memory_channel[Command](math.inf)
+        self._deciding.clear()
+        self._held.clear()
+        self._handshake.clear()
+        commands, to_write = trio.open_memory_channel[None](math.inf)
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._command_writer, session, to_write, lost, nursery.cancel_scope)
@@ -517,7 +527,7 @@ class UsbVoiceBox:
         except usb.core.USBError:
             pass
 
-    async def _reader(self, session, stream: str, commands: trio.MemorySendChannel[Command], lost: list[str],
+    async def _reader(self, session, stream: str, commands: trio.MemorySendChannel[None], lost: list[str],
                       scope: trio.CancelScope) -> None:
         """Read, analyse, report. The hook commands of the NTT handshake are not written from here but by
         the command writer, and only once this line's next audio has been analysed (``held``): the
@@ -526,8 +536,8 @@ class UsbVoiceBox:
         their caller ID at once): the reader waiting for the release's write (a thread round trip, 15-35 ms
         then) held this line's next frame back, and with a shared DSP the next batch of its whole cohort;
         written at once beside the reads, the 22-odd writes and the boxes' work on them still landed in
-        that batch's 20 ms."""
-        held: list[Command] = []
+        that batch's 20 ms. A hook command from the API (``send``) writes the held ones first, so the
+        order in which they were decided is the order on the wire."""
         while True:
             try:
                 read_started = trio.current_time()  # the shared DSP learns the box's frame clock
@@ -539,18 +549,20 @@ class UsbVoiceBox:
                 scope.cancel()
                 return
             for item in session.parse(stream, data):
-                hooks = await self._handle(session, item, lost, scope, read_started)
-                if isinstance(item, StatusReport):
-                    held += hooks
+                await self._handle(session, item, lost, scope, read_started)
+                if isinstance(item, StatusReport):  # its hooks go once the audio after it is analysed
+                    self._held += self._deciding
+                    self._deciding = []
                     continue
                 read_started = None  # a second frame of the same read was waiting: no timing
-                for command in held:  # decided before this audio, which has been analysed now
-                    commands.send_nowait(command)
-                held = hooks
+                if self._held:  # decided before this audio, which has been analysed now
+                    self._handshake.extend(self._held)
+                    commands.send_nowait(None)
+                self._held, self._deciding = self._deciding, []
 
     async def _handle(self, session, item: BoxInput, lost: list[str], scope: trio.CancelScope,
-                      read_started: float | None = None) -> list[Command]:
-        """Analyse and report one input; returns the hook commands it calls for (see ``_reader``)."""
+                      read_started: float | None = None) -> None:
+        """Analyse and report one input; the hook commands it calls for go to ``_deciding`` (``_reader``)."""
         events = None
         if self._dsp_line is not None:
             x = LineMonitor.audio_of(item)
@@ -562,28 +574,32 @@ class UsbVoiceBox:
         outputs = self.monitor.feed(item, events)
         if self._dsp_line is not None:
             self._dsp_line.movable = self.monitor.idle
-        hooks: list[Command] = []
+        # Hooks first: whoever an event wakes (a CRM answering the screen pop) must find them decided.
+        self._deciding += [out for out in outputs if isinstance(out, Hook)]
         for out in outputs:
-            if isinstance(out, Hook):
-                hooks.append(out)
-            else:
+            if not isinstance(out, Hook):
                 await self._send_event.send(out)
         if isinstance(item, AudioIn) and self._send_audio is not None:
             try:
                 self._send_audio.send_nowait(LineAudio(self.monitor.t, item.samples))
             except trio.WouldBlock:
                 self.audio_dropped += 1
-        return hooks
 
-    async def _command_writer(self, session, to_write: trio.MemoryReceiveChannel[Command], lost: list[str],
+    async def _command_writer(self, session, wake: trio.MemoryReceiveChannel[None], lost: list[str],
                               scope: trio.CancelScope) -> None:
-        async for command in to_write:
+        async for _ in wake:
             try:
-                await self._write(session, session.encode(command))
+                async with self._lock:
+                    await self._write_handshake(session)
             except BoxUnavailable as exc:
                 lost.append(str(exc))
                 scope.cancel()
                 return
+
+    async def _write_handshake(self, session) -> None:
+        """Write the queued handshake commands, in order (the caller holds ``_lock``)."""
+        while self._handshake:
+            await self._write_locked(session, session.encode(self._handshake.popleft()))
 
     async def _frame_phase(self, session, shift: int, lost: list[str], scope: trio.CancelScope) -> None:
         """FRAME_PHASE is an optimisation: a box that stalls it (EPIPE: firmware without the command) is
@@ -601,11 +617,14 @@ class UsbVoiceBox:
             scope.cancel()
 
     async def _write(self, session, data: bytes | None) -> None:
+        async with self._lock:
+            await self._write_locked(session, data)
+
+    async def _write_locked(self, session, data: bytes | None) -> None:
         if data is None:
             raise BoxUnavailable(f"{self.name}: the {self.profile.name} profile cannot do this")
         try:
-            async with self._lock:
-                await trio.to_thread.run_sync(session.write, data, limiter=self._limiter)
+            await trio.to_thread.run_sync(session.write, data, limiter=self._limiter)
         except usb.core.USBError as exc:
             raise BoxUnavailable(f"{self.name}: USB write failed: {_describe(exc)}", exc.errno) from None
 
@@ -615,7 +634,13 @@ class UsbVoiceBox:
         session = self._session
         if session is None:
             raise BoxUnavailable(f"{self.name}: the voice box is not connected")
-        await self._write(session, session.encode(command))
+        # The handshake's commands decided before this one go first (see _reader).
+        self._handshake.extend(self._held + self._deciding)
+        self._held.clear()
+        self._deciding.clear()
+        async with self._lock:
+            await self._write_handshake(session)
+            await self._write_locked(session, session.encode(command))
 
     async def hook(self, off_hook: bool) -> None:
         await self.send(Hook(off_hook))

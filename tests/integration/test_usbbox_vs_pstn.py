@@ -338,3 +338,21 @@ async def test_reads_go_on_while_the_handshake_hook_command_is_written():
         during = [t for t in reads if t0 < t < t1]
         assert len(during) >= 3, (t1 - t0, during)  # a frame every 20 ms while the 100 ms write runs
     assert not any(isinstance(e, (DtmfDigit, ToneEvent)) for e in events)
+
+
+async def test_a_hook_command_right_after_the_caller_id_goes_after_the_handshake_release():
+    """A CRM may answer the moment the screen pop arrives, before the handshake's release (on hook) has
+    been written: the release, decided first, still goes first, so the line ends off hook (answered), not
+    released by a command that was held back."""
+    line = PstnLine("jp")
+    backend = make_box(line, paced=True)
+    async with trio.open_nursery() as nursery:
+        box = await start(nursery, backend, tones="jp")
+        line.incoming_call(Caller("0312345678"), max_rings=5)
+        await collect(box, lambda e: isinstance(e, CallerId))
+        await box.hook(True)  # at once: the release is still held for the next frame
+        await trio.sleep(0.2)
+        nursery.cancel_scope.cancel()
+    hooks = [v for name, v in backend.box.commands if name == "hook"]
+    assert hooks == [True, False, True]  # primary response, release, answer
+    assert backend.box.off_hook
