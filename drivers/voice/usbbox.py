@@ -181,6 +181,11 @@ class LineMonitor:
         # writes the command beside the reads, so a frame or two may still show the old state.
         self._hook_asked: bool | None = None
 
+    def hook_commanded(self, off_hook: bool) -> None:
+        """The driver sent a hook command of its own (the API's answer or hang-up): the line is judged by
+        it, not by the handshake's last one, once the box reports it."""
+        self._hook_asked = off_hook
+
     @property
     def in_handshake(self) -> bool:
         return self._handshake_until is not None
@@ -641,6 +646,8 @@ class UsbVoiceBox:
         async with self._lock:
             await self._write_handshake(session)
             await self._write_locked(session, session.encode(command))
+        if isinstance(command, Hook):
+            self.monitor.hook_commanded(command.off_hook)
 
     async def hook(self, off_hook: bool) -> None:
         await self.send(Hook(off_hook))

@@ -343,16 +343,19 @@ async def test_reads_go_on_while_the_handshake_hook_command_is_written():
 async def test_a_hook_command_right_after_the_caller_id_goes_after_the_handshake_release():
     """A CRM may answer the moment the screen pop arrives, before the handshake's release (on hook) has
     been written: the release, decided first, still goes first, so the line ends off hook (answered), not
-    released by a command that was held back."""
+    released by a command that was held back; and the call is heard as a call (the caller's keys)."""
     line = PstnLine("jp")
     backend = make_box(line, paced=True)
+    script = [Pause(0.3), Keys("47", 80, 80), Pause(0.3), HangUp()]
     async with trio.open_nursery() as nursery:
         box = await start(nursery, backend, tones="jp")
-        line.incoming_call(Caller("0312345678"), max_rings=5)
+        line.incoming_call(Caller("0312345678"), script=script, max_rings=5)
         await collect(box, lambda e: isinstance(e, CallerId))
         await box.hook(True)  # at once: the release is still held for the next frame
-        await trio.sleep(0.2)
+        await trio.sleep(0.1)
+        hooks = [v for name, v in backend.box.commands if name == "hook"]
+        assert hooks == [True, False, True]  # primary response, release, answer
+        assert backend.box.off_hook
+        events = await collect(box, lambda e: isinstance(e, DtmfDigit) and e.digit == "7")
         nursery.cancel_scope.cancel()
-    hooks = [v for name, v in backend.box.commands if name == "hook"]
-    assert hooks == [True, False, True]  # primary response, release, answer
-    assert backend.box.off_hook
+    assert [e.digit for e in events if isinstance(e, DtmfDigit)] == ["4", "7"]
