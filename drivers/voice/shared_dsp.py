@@ -112,6 +112,12 @@ BACKLOG_FRAMES = 8  # more than a box buffers (100 ms): reads that never wait ar
 CHECK_BATCHES = 50  # a cohort checks its spread once a second (20 ms frames)
 
 
+def _centred(delta: float, period: float) -> float:
+    """``delta`` modulo ``period``, in (-period/2, period/2]: how far apart two phases are on the circle."""
+    delta %= period
+    return delta - period if delta > period / 2 else delta
+
+
 @dataclass(eq=False)
 class Analysis:
     """A submitted frame (``SharedLine.submit``): its events once its batch has run."""
@@ -399,9 +405,7 @@ class SharedLineDsp:
         boundary = line._boundary
         if self._phase_ref is None:
             self._phase_ref = boundary
-        period = self.frame_s
-        delta = (self._phase_ref - boundary) % period
-        return delta - period if delta > period / 2 else delta
+        return _centred(self._phase_ref - boundary, self.frame_s)
 
     def _ask_shift(self, line: SharedLine) -> bool:
         """Ask the line's box (through its driver: ``take_phase_shift``) to move its frame boundaries onto
@@ -701,9 +705,8 @@ class SharedLineDsp:
         live = cohort.live()
         if len(live) < 2:
             return
-        period = self.frame_s
         ref = live[0][1]._boundary if self._phase_ref is None else self._phase_ref
-        offs = [((line._boundary - ref + period / 2) % period) - period / 2 for _, line in live]
+        offs = [-_centred(ref - line._boundary, self.frame_s) for _, line in live]
         self._phase_ref = ref + float(np.median(offs))
         quiet = None
         for ch, line in live:
