@@ -5,10 +5,11 @@ Layers
 * :class:`LineMonitor` (sans-IO, no clock): status reports and audio in, events and hook commands out.
   Its time is the box's sample clock (audio received, plus audio lost in sequence gaps), so caller-ID
   handshakes and cadences are judged on line time, not on when the host got round to reading.
-* :class:`UsbVoiceBox` (trio): finds the box with pyusb (``backend=`` for tests), runs every pyusb call
-  in ``trio.to_thread.run_sync`` (writes one at a time under a ``trio.Lock``, reads beside them), a reader
-  task per input stream,
-  and hot-plug: a failed transfer ends the session with :class:`DeviceLost`, the box is looked for again
+* :class:`UsbVoiceBox` (trio): finds the box with pyusb (``backend=`` for tests), runs every blocking
+  pyusb call in a thread: writes one at a time under a ``trio.Lock`` in ``trio.to_thread.run_sync``, and
+  beside them a reader task per input stream whose reads go through a thread of their own
+  (:class:`drivers.voice.read_pump.ReadPump`); and hot-plug: a failed transfer ends the session with
+  :class:`DeviceLost`, the box is looked for again
   by vendor/product id (and serial) at once when the kernel reports a USB device arriving (a
   ``drivers.hotplug.DeviceWatch``: pyusb itself has no hot-plug callbacks), else on a bounded backoff, and
   :class:`DeviceReady` says it is back.
@@ -41,6 +42,7 @@ is gone.  :class:`OpenBoxProfile` is the profile of ``docs/usb-box-protocol.md``
 from __future__ import annotations
 
 import errno
+import functools
 import math
 from collections import deque
 from dataclasses import dataclass
@@ -66,6 +68,7 @@ from drivers.voice.events import (
     Ring,
     ToneEvent,
 )
+from drivers.voice.read_pump import ReadPump
 from drivers.voice.shared_dsp import SharedLine, SharedLineDsp
 from drivers.voice.usbbox_protocol import (
     Command,
@@ -418,8 +421,8 @@ class UsbVoiceBox:
         self.reconnect_backoff = reconnect_backoff
         # Writes go one at a time (commands and audio in order); a read runs beside them (another endpoint:
         # libusb takes transfers from several threads), so a hook command or a prompt chunk never waits for
-        # the 20 ms read in flight. The box's threads are its own (the readers hold theirs most of the
-        # time), not tokens of trio's default limiter shared with the rest of the process.
+        # the 20 ms read in flight. The writes' threads are the box's own, not tokens of trio's default
+        # limiter shared with the rest of the process (each reader has a thread of its own: ReadPump).
         self._lock = trio.Lock()
         self._limiter = trio.CapacityLimiter(4)
         # The handshake's hook commands (see _reader): decided by the input in hand (_deciding), held for the
@@ -543,10 +546,21 @@ class UsbVoiceBox:
         written at once beside the reads, the 22-odd writes and the boxes' work on them still landed in
         that batch's 20 ms. A hook command from the API (``send``) writes the held ones first, so the
         order in which they were decided is the order on the wire."""
+        # Reads go through a thread of the box's own (read_pump.py: 32 boxes' frames of one instant reach
+        # their tasks sooner, at less CPU, than through a thread-pool round trip each).
+        pump = ReadPump(functools.partial(session.read, stream), name=f"usb-read {self.name}")
+        try:
+            await self._read_loop(session, stream, pump, commands, lost, scope)
+        finally:
+            pump.close()
+
+    async def _read_loop(self, session, stream: str, pump: ReadPump[bytes],
+                         commands: trio.MemorySendChannel[None], lost: list[str],
+                         scope: trio.CancelScope) -> None:
         while True:
             try:
                 read_started = trio.current_time()  # the shared DSP learns the box's frame clock
-                data = await trio.to_thread.run_sync(session.read, stream, limiter=self._limiter)
+                data = await pump.read()
             except usb.core.USBTimeoutError:
                 continue
             except usb.core.USBError as exc:
