@@ -9,8 +9,8 @@ Layers
   pyusb call in a thread: writes one at a time under a ``trio.Lock`` in ``trio.to_thread.run_sync``, and
   beside them a reader task per input stream whose reads go through a thread of their own
   (:class:`drivers.voice.read_pump.ReadPump`); and hot-plug: a failed transfer ends the session with
-  :class:`DeviceLost`, the box is looked for again
-  by vendor/product id (and serial) at once when the kernel reports a USB device arriving (a
+  :class:`DeviceLost`, the box is looked for again by vendor/product id (and serial) at once when the
+  kernel reports a USB device arriving (a
   ``drivers.hotplug.DeviceWatch``: pyusb itself has no hot-plug callbacks), else on a bounded backoff, and
   :class:`DeviceReady` says it is back.
 
