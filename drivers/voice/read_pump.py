@@ -5,14 +5,14 @@ frames lined up (FRAME_PHASE) 32 reads complete at the same instant. Through ``t
 is a thread-cache hand-off, a write to trio's wake-up socket (the worker gives the GIL up around it and
 waits to get it back while 31 others do the same) and a task rescheduled on its own. Measured on the 2-core
 bench host with 32 paced boxes in another process (issue 5; docs/performance.md, sixth round): the frames of
-one instant reached their trio tasks over 4.4-5.9 ms (median), at 230-310 µs of CPU per frame; with a
+one instant reached their trio tasks over 4.3-5.9 ms (median), at 217-307 µs of CPU per frame; with a
 thread per box that appends to one inbox, and wakes trio only when the inbox was empty, over 2.8 ms at
-140 µs per frame.
+141-144 µs per frame.
 
 Semantics are ``to_thread.run_sync``'s: a read starts when a task asks for it (a box that is not paced in
-real time, a test's simulator, is read no further ahead than today), its result or exception comes back to
-that task, and a task cancelled while its read is in flight waits for the read to end (the device call
-cannot be interrupted; the box profile's read timeout bounds it).
+real time, a test's simulator, is read no further ahead than through ``to_thread``), its result or
+exception comes back to that task, and a task cancelled while its read is in flight waits for the read to
+end (the device call cannot be interrupted; the box profile's read timeout bounds it).
 """
 
 from __future__ import annotations
@@ -114,8 +114,8 @@ class ReadPump(Generic[T]):
             if self._closed and self._task is None:
                 return
             task, inbox = self._task, self._inbox
-            result: outcome.Outcome[Any] = outcome.capture(self._fn)
             assert task is not None and inbox is not None
+            result: outcome.Outcome[Any] = outcome.capture(self._fn)
             inbox.post(task, result)
             if self._closed:
                 return

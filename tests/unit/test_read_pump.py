@@ -71,17 +71,23 @@ async def test_many_pumps_finishing_together_each_deliver_to_their_own_task():
             pump.close()
 
 
-async def test_a_cancelled_read_waits_for_the_device_call_to_return():
-    """As ``to_thread.run_sync`` (not abandoned): the read returns what the device gave, and the
-    cancellation is delivered at the task's next checkpoint."""
+def _device_held_until_released(value: bytes):
+    """A read that blocks in the device until ``release`` is set; ``returned`` once it has returned."""
     release = threading.Event()
     returned = threading.Event()
 
     def read() -> bytes:
         release.wait(timeout=5)
         returned.set()
-        return b"late"
+        return value
 
+    return read, release, returned
+
+
+async def test_a_cancelled_read_waits_for_the_device_call_to_return():
+    """As ``to_thread.run_sync`` (not abandoned): the read returns what the device gave, and the
+    cancellation is delivered at the task's next checkpoint."""
+    read, release, returned = _device_held_until_released(b"late")
     pump = ReadPump(read)
     got: list[bytes] = []
     try:
@@ -104,14 +110,7 @@ async def test_a_cancelled_read_waits_for_the_device_call_to_return():
 
 
 async def test_a_read_in_flight_is_not_abandoned_when_cancelled():
-    release = threading.Event()
-    returned = threading.Event()
-
-    def read() -> bytes:
-        release.wait(timeout=5)
-        returned.set()
-        return b"x"
-
+    read, release, returned = _device_held_until_released(b"x")
     pump = ReadPump(read)
     seen: list[bool] = []
     try:
