@@ -14,8 +14,10 @@ once every client got its hello frame; each client then stamps every event of TY
   other would add this process's own queueing (tens of µs per client per event) to the daemon's figure. When
   one read returns several frames they all get the timestamp of the newest segment (and the kernel merges
   unread segments, keeping the newest stamp), which can only overstate the latency: so this process does as
-  little as it can while events arrive (frames are kept as bytes and parsed after the run, ``_decode``).
-- ``read``: the wall clock when this process parsed the frame (includes that queueing), reported alongside.
+  little as it can while events arrive (reads are kept as bytes; frames are cut and parsed after the run,
+  ``_decode``).
+- ``read``: the wall clock when this process read the frame's last bytes (includes that queueing), reported
+  alongside.
 """
 
 from __future__ import annotations
@@ -73,23 +75,32 @@ async def _client(url: str, token: str, wanted: str, key: str, count: int, ready
     buf = buf.split(b"\r\n\r\n", 1)[1]
     sock = stream.socket
     sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
-    arrived = time.time()
+    while (lengths := _frame_length(buf)) is None or len(buf) < sum(lengths):  # the hello frame
+        data, _ = await _receive(sock)
+        if not data:
+            return
+        buf += data
+    ready()
+    chunks = [(buf[sum(lengths):], time.time(), time.time())]
+    arrivals.append(chunks)
+    # While events arrive, only keep each read's bytes and stamps, and count the wanted events with one
+    # C-level search. See _decode.
     needle = f'"type":"{wanted}"'.encode()  # the daemon's compact JSON; _decode checks the type again
-    got, greeted = 0, False
+    got, tail = _count_wanted(b"", chunks[0][0], needle)
     while got < count:
-        while (lengths := _frame_length(buf)) is None or len(buf) < sum(lengths):
-            data, arrived = await _receive(sock)
-            if not data:
-                return
-            buf += data
-        head, n = lengths
-        payload, buf = buf[head:head + n], buf[head + n:]
-        if not greeted:
-            greeted = True
-            ready()
-        elif needle in payload:  # parsed after the run: see _decode
-            arrivals.append((payload, arrived, time.time()))
-            got += 1
+        data, arrived = await _receive(sock)
+        if not data:
+            return
+        chunks.append((data, arrived, time.time()))
+        found, tail = _count_wanted(tail, data, needle)
+        got += found
+
+
+def _count_wanted(tail: bytes, data: bytes, needle: bytes) -> tuple[int, bytes]:
+    """Occurrences of ``needle`` that end in ``data`` (``tail``: the end of the previous reads, shorter than
+    the needle, so nothing is counted twice), and the new tail."""
+    joined = tail + data
+    return joined.count(needle), joined[-(len(needle) - 1) :]
 
 
 async def _main(url: str, token: str, clients: int, wanted: str, key: str, count: int, max_s: float) -> list:
@@ -109,19 +120,29 @@ async def _main(url: str, token: str, clients: int, wanted: str, key: str, count
     return _decode(arrivals, wanted, key)
 
 
-def _decode(raw: list, wanted: str, key: str) -> list:
-    """``[key, arrived, read]`` for each event of type ``wanted`` among the frames kept during the run.
+def _decode(clients: list, wanted: str, key: str) -> list:
+    """``[key, arrived, read]`` for each event of type ``wanted``, from the reads each client kept in the run.
 
-    JSON is parsed here, after the run, not as the frames arrive: 100 clients each parsing a burst of 32
-    events is ~3,200 ``json.loads`` (tens of ms of this process's CPU) while the daemon still fans the burst
-    out. A client that falls that far behind reads two commits in one ``recvmsg`` (or the kernel has merged
-    them in its queue), and the earlier commit's events then carry the later one's receive timestamp:
-    measured, 20-35 ms added to the daemon's figure for the clients read last."""
+    Frames are cut and their JSON parsed here, after the run: 100 clients each parsing a burst of 32 events
+    (~3,200 ``json.loads``, and a copy of the unread rest of the buffer per frame) cost this process tens of
+    ms while the daemon still fans the burst out. A client that falls that far behind reads two commits in one
+    ``recvmsg`` (or the kernel has merged them in its queue), and the earlier commit's events then carry the
+    later one's receive timestamp: measured, 20-35 ms added to the daemon's figure for the clients read last.
+    A frame gets the stamps of the read that completed it, as when it was parsed on arrival."""
     out = []
-    for payload, arrived, read in raw:
-        event = json.loads(payload)
-        if event.get("type") == wanted:
-            out.append((event["data"].get(key), arrived, read))
+    for chunks in clients:
+        buf, pos = b"", 0
+        for data, arrived, read in chunks:
+            buf = buf[pos:] + data
+            pos = 0
+            while (lengths := _frame_length(buf[pos : pos + 10])) and len(buf) - pos >= sum(lengths):
+                head, n = lengths
+                payload = buf[pos + head:pos + head + n]
+                pos += head + n
+                if b'"type"' in payload:
+                    event = json.loads(payload)
+                    if event.get("type") == wanted:
+                        out.append((event["data"].get(key), arrived, read))
     return out
 
 
