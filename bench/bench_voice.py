@@ -22,7 +22,8 @@ screenpop  last caller-ID bit on the line -> ``call.incoming`` at WebSocket clie
            sound the exchange sent, which ends where the gateway's release cut it off, at a frame boundary
            after the message: that left out the box's buffering.)  The clients (raw RFC 6455, as in
            bench_sms) run in a child process and stamp arrival with the shared wall clock; the bench also
-           stamps the in-process bus publication, to split line -> bus from bus -> clients.
+           stamps the in-process bus publication, to split line -> bus from bus -> clients
+           (``bus_to_client_*``: the fan-out, ~1-4 ms at p99; more there is worth a look at the clients).
 cpu        process CPU time (all threads) per line-second, first with N lines idle (on hook: the box still
            streams every frame and the DSP still listens for ringing and caller ID), then with N lines in
            answered calls (auto-answer after one ring into a small IVR menu, the caller speaking
@@ -149,6 +150,9 @@ def bench_screenpop(args) -> dict:
             to_client = [(t - last_bit[c]) * 1000 for c, t, _ in arrivals if c in last_bit]
             read = [(t - last_bit[c]) * 1000 for c, _, t in arrivals if c in last_bit]
             to_bus = [(published[c] - last_bit[c]) * 1000 for c in last_bit]
+            # The fan-out stage on its own: a tail here that the daemon's writes do not have is the clients'
+            # (a client process that falls behind gets late receive stamps: bench/ws_clients.py).
+            fan_out = [(t - published[c]) * 1000 for c, t, _ in arrivals if c in published]
             by_round = [[(published[c] - last_bit[c]) * 1000 for name in names
                          for c in order[name][r : r + 1] if c in last_bit] for r in range(args.rounds)]
             lag = [x for clock in clocks.values() for x in clock.lag_ms()]
@@ -160,7 +164,7 @@ def bench_screenpop(args) -> dict:
             out.update(calls=len(published), calls_expected=total, arrivals=len(arrivals),
                        arrivals_expected=total * args.clients, unmatched_bursts=missing,
                        **summary(to_client, "line_to_client"), **summary(to_bus, "line_to_bus"),
-                       **summary(buffering, "box_buffering"),
+                       **summary(buffering, "box_buffering"), **summary(fan_out, "bus_to_client"),
                        line_to_bus_p99_by_round_ms=[pct(x, 99) for x in by_round],
                        **summary(read, "line_to_read_by_client"),
                        frame_lag_p99_ms=pct(lag, 99), frame_lag_max_ms=round(max(lag), 1),
